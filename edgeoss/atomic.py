@@ -1,0 +1,57 @@
+"""Outputs that appear whole or not at all: write beside the target, rename at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UsageError
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not overwrite:
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+            return
+        raise UsageError(f"{target}: already exists (choose another path or pass --force)")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; it becomes `target` only if the block completes."""
+    target = Path(target)
+    _check_target(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; it is renamed onto `target` only if the block completes."""
+    target = Path(target)
+    if target.is_dir():
+        raise UsageError(f"{target}: is a directory, expected a file path")
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target}: already exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

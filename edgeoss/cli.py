@@ -1,0 +1,125 @@
+"""The `edgeoss` command line: parse, call, print. No model logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgeossError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeoss")
+def cli() -> None:
+    """Put gpt-oss (MXFP4 MoE) on 16 GB phones, laptops and PCs: inspect, plan, export, validate, package."""
+
+
+# ---- synth -----------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--preset", "preset_name", default="tiny", show_default=True,
+              help="tiny | odd | 20b | 120b (full-size presets stream to disk)")
+@click.option("--layout", type=click.Choice(["hf", "original"]), default="hf", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a spec field")
+@click.option("--force", is_flag=True, help="replace OUT_DIR if it exists")
+def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tuple[str, ...], force: bool) -> None:
+    """Write a synthetic checkpoint folder exactly in a published layout."""
+    import time
+
+    from .spec import apply_overrides, preset, sizes
+    from .synth import synthesize
+    from .units import human
+
+    spec = apply_overrides(preset(preset_name), list(settings))
+    start = time.perf_counter()
+    synthesize(out_dir, spec, layout, seed=seed, force=force)
+    took = time.perf_counter() - start
+    nbytes = sizes(spec).tensor_bytes
+    err.print(f"wrote {out_dir} ({layout} layout, {spec.name}, {human(nbytes)} of tensors) "
+              f"in {took:.1f} s, {nbytes / took / 1e6:.0f} MB/s")
+
+
+# ---- inspect ---------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", "preset_name", help="describe a preset instead of a folder (20b, 120b, tiny, odd)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def inspect(checkpoint: Path | None, preset_name: str | None, as_json: bool) -> None:
+    """Layout, spec, parameter counts, bytes per component, KV cache per token, validation."""
+    from .inspect import checkpoint_report, spec_report
+    from .spec import preset
+
+    if (checkpoint is None) == (preset_name is None):
+        raise click.UsageError("give a CHECKPOINT folder or --preset NAME")
+    report = checkpoint_report(checkpoint) if checkpoint else {"preset": preset_name,
+                                                               **spec_report(preset(preset_name))}
+    if as_json:
+        _print_json(report)
+    else:
+        _print_inspect(report)
+
+
+def _print_inspect(r: dict) -> None:
+    from .units import count, human
+
+    s = r["spec"]
+    title = f"{s['name']}" + (f" — {r['layout']} layout, {r['path']}" if "layout" in r else " (preset)")
+    t = Table(title=title, show_header=False)
+    t.add_row("layers / experts / top-k", f"{s['num_hidden_layers']} / {s['num_local_experts']} / "
+                                          f"{s['num_experts_per_tok']}")
+    t.add_row("hidden / intermediate / vocab", f"{s['hidden_size']} / {s['intermediate_size']} / {s['vocab_size']}")
+    t.add_row("heads / kv heads / head dim", f"{s['num_attention_heads']} / {s['num_key_value_heads']} / "
+                                             f"{s['head_dim']}")
+    t.add_row("sliding window / layers sliding", f"{s['sliding_window']} / {r['kv_cache']['sliding_layers']} "
+                                                 f"of {s['num_hidden_layers']}")
+    t.add_row("rope", f"theta {s['rope_theta']:g}, YaRN x{s['rope_factor']:g} from {s['rope_original_context']}"
+                      f" (truncate {s['rope_truncate']})")
+    p, b = r["params"], r["bytes"]
+    t.add_row("parameters total", f"{p['total']:,} ({count(p['total'])})")
+    t.add_row("parameters active / token", f"{p['active_per_token']:,} ({count(p['active_per_token'])})")
+    t.add_row("tensor bytes", f"{b['total']:,} ({human(b['total'])})")
+    for kind in ("experts", "attention", "embedding", "unembedding", "router", "norm"):
+        t.add_row(f"  {kind}", f"{b[kind]:,} ({100 * b[kind] / b['total']:.1f} %)")
+    e, kv = r["expert"], r["kv_cache"]
+    t.add_row("one expert (one layer)", f"{e['bytes']:,} bytes, {e['params']:,} params; {e['experts_total']} in all")
+    t.add_row("KV cache (bf16)", f"{human(kv['bytes_per_token_full_layers_bf16'])}/token for {kv['full_layers']} full "
+                                 f"layers + {human(kv['sliding_layers_cap_bytes_bf16'])} for the sliding windows")
+    if "files" in r:
+        t.add_row("files", ", ".join(f"{f['name']} ({human(f['bytes'])})" for f in r["files"]))
+        t.add_row("validation", f"[green]{r['validation']}[/green]")
+    out.print(t)
+
+
+# ---- entry point -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="edgeoss", standalone_mode=False)
+    except EdgeossError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Streaming writers that turn a checkpoint into an artifact (GGUF, ONNX)."""

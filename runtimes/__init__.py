@@ -1,0 +1,1 @@
+"""Engines behind one interface: the reference runtime and adapters over real engines."""
