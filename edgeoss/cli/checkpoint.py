@@ -1,33 +1,17 @@
-"""The `edgeoss` command line: parse, call, print. No model logic lives here."""
+"""`edgeoss synth` and `edgeoss inspect`: make and describe checkpoints."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgeossError
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _print_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2))
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edgeoss")
-def cli() -> None:
-    """Put gpt-oss (MXFP4 MoE) on 16 GB phones, laptops and PCs: inspect, plan, export, validate, package."""
+from ._common import err, out, print_json
 
 
 # ---- synth -----------------------------------------------------------------------------------------
-@cli.command()
+@click.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--preset", "preset_name", default="tiny", show_default=True,
               help="tiny | odd | 20b | 120b (full-size presets stream to disk)")
@@ -39,9 +23,9 @@ def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tup
     """Write a synthetic checkpoint folder exactly in a published layout."""
     import time
 
-    from .spec import apply_overrides, preset, sizes
-    from .synth import synthesize
-    from .units import human
+    from ..spec import apply_overrides, preset, sizes
+    from ..synth import synthesize
+    from ..units import human
 
     spec = apply_overrides(preset(preset_name), list(settings))
     start = time.perf_counter()
@@ -53,27 +37,27 @@ def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tup
 
 
 # ---- inspect ---------------------------------------------------------------------------------------
-@cli.command()
+@click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--preset", "preset_name", help="describe a preset instead of a folder (20b, 120b, tiny, odd)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def inspect(checkpoint: Path | None, preset_name: str | None, as_json: bool) -> None:
     """Layout, spec, parameter counts, bytes per component, KV cache per token, validation."""
-    from .inspect import checkpoint_report, spec_report
-    from .spec import preset
+    from ..inspect import checkpoint_report, spec_report
+    from ..spec import preset
 
     if (checkpoint is None) == (preset_name is None):
         raise click.UsageError("give a CHECKPOINT folder or --preset NAME")
     report = checkpoint_report(checkpoint) if checkpoint else {"preset": preset_name,
                                                                **spec_report(preset(preset_name))}
     if as_json:
-        _print_json(report)
+        print_json(report)
     else:
         _print_inspect(report)
 
 
 def _print_inspect(r: dict) -> None:
-    from .units import count, human
+    from ..units import count, human
 
     s = r["spec"]
     title = f"{s['name']}" + (f" — {r['layout']} layout, {r['path']}" if "layout" in r else " (preset)")
@@ -103,23 +87,4 @@ def _print_inspect(r: dict) -> None:
     out.print(t)
 
 
-# ---- entry point -----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="edgeoss", standalone_mode=False)
-    except EdgeossError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        err.print("interrupted")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [synth, inspect]
