@@ -1,0 +1,3 @@
+from edgeoss.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""Shared fixtures: synthesized checkpoints (written once per test session) and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeoss.spec import preset
+from edgeoss.synth import synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _synth(factory: pytest.TempPathFactory, name: str, layout: str) -> Path:
+    out = factory.mktemp(f"{name}_{layout}") / "ckpt"
+    return synthesize(out, preset(name), layout, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> Path:
+    return _synth(tmp_path_factory, "tiny", "hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory) -> Path:
+    return _synth(tmp_path_factory, "tiny", "original")
+
+
+@pytest.fixture(scope="session")
+def odd_hf(tmp_path_factory) -> Path:
+    return _synth(tmp_path_factory, "odd", "hf")
+
+
+@pytest.fixture(scope="session")
+def odd_original(tmp_path_factory) -> Path:
+    return _synth(tmp_path_factory, "odd", "original")
+
+
+def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: float = 600) \
+        -> subprocess.CompletedProcess:
+    """Run `edgeoss ARGS...` as a user would, in a fresh process."""
+    proc = subprocess.run([sys.executable, "-m", "edgeoss", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "160", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgeoss {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
