@@ -30,17 +30,42 @@ def _torch():
     return torch
 
 
+class TransformersOracle:
+    """transformers' GptOssForCausalLM loaded once in fp32: logits for a sequence, greedy continuations."""
+
+    def __init__(self, hf_folder: str | Path):
+        self.torch = _torch()
+        try:
+            from transformers import GptOssForCausalLM, Mxfp4Config
+        except ImportError:
+            raise OracleUnavailable("transformers is not installed") from None
+        self.model = GptOssForCausalLM.from_pretrained(
+            str(hf_folder), dtype=self.torch.float32, attn_implementation="eager",
+            quantization_config=Mxfp4Config(dequantize=True)).eval()
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            ids = self.torch.as_tensor(np.asarray(tokens, dtype=np.int64))[None]
+            return self.model(ids).logits[0].float().numpy()
+
+    def greedy(self, prompt: np.ndarray, n: int) -> list[int]:
+        """n tokens generated greedily after `prompt` (argmax each step, with the model's KV cache)."""
+        with self.torch.inference_mode():
+            ids = self.torch.as_tensor(np.asarray(prompt, dtype=np.int64))[None]
+            out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids), max_new_tokens=n,
+                                      min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    def close(self) -> None:
+        del self.model
+
+
 def transformers_logits(hf_folder: str | Path, tokens: np.ndarray) -> np.ndarray:
-    torch = _torch()
+    oracle = TransformersOracle(hf_folder)
     try:
-        from transformers import GptOssForCausalLM, Mxfp4Config
-    except ImportError:
-        raise OracleUnavailable("transformers is not installed") from None
-    model = GptOssForCausalLM.from_pretrained(str(hf_folder), dtype=torch.float32, attn_implementation="eager",
-                                              quantization_config=Mxfp4Config(dequantize=True)).eval()
-    with torch.inference_mode():
-        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))[None]
-        return model(ids).logits[0].float().numpy()
+        return oracle.logits(tokens)
+    finally:
+        oracle.close()
 
 
 def gpt_oss_logits(original_folder: str | Path, tokens: np.ndarray) -> np.ndarray:

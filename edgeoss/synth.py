@@ -14,7 +14,7 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .atomic import atomic_dir
 from .layouts import HF, ORIGINAL, stored_name, stored_table
 from .progress import byte_progress
 from .safetensors_io import Planned, StreamingWriter, data_order, f32_to_bf16
-from .spec import (BF16, ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original_config)
+from .spec import ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original_config
 
 CHUNK_BYTES = 32 << 20
 FP4_RMS = float(np.sqrt(np.mean(mxfp4.FP4_VALUES ** 2)))  # rms of a uniformly drawn E2M1 code
@@ -85,12 +85,15 @@ def tensor_chunks(spec: ModelSpec, info: TensorInfo, seed: int) -> Iterator[np.n
             yield f32_to_bf16(values)
 
 
-def _stored_chunks(spec: ModelSpec, layout: str, stored: str, seed: int) -> Iterator[np.ndarray]:
+Source = Callable[[TensorInfo], Iterator[np.ndarray]]  # a canonical tensor's stored bytes, chunk by chunk
+
+
+def _stored_chunks(spec: ModelSpec, layout: str, stored: str, source: Source) -> Iterator[np.ndarray]:
     """Chunks of a stored tensor: one canonical tensor, or several stacked along rows (fused qkv)."""
     parts = [t for t in tensor_table(spec) if stored_name(spec, layout, t.name).name == stored]
     parts.sort(key=lambda t: stored_name(spec, layout, t.name).rows or (0, 0))
     for part in parts:
-        yield from tensor_chunks(spec, part, seed)
+        yield from source(part)
 
 
 def shard_plan(spec: ModelSpec, layout: str) -> dict[str, list[TensorInfo]]:
@@ -135,7 +138,13 @@ def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str
 
 def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0, force: bool = False,
                progress: bool | None = None) -> Path:
-    """Write a complete checkpoint folder; it appears at `out` only once complete."""
+    """Write a complete checkpoint folder of random weights; it appears at `out` only once complete."""
+    return write_checkpoint(out, spec, layout, lambda info: tensor_chunks(spec, info, seed), force, progress)
+
+
+def write_checkpoint(out: str | Path, spec: ModelSpec, layout: str, source: Source, force: bool = False,
+                     progress: bool | None = None) -> Path:
+    """Write a checkpoint folder in a layout from any source of canonical tensors (synthesis, conversion)."""
     if layout not in (HF, ORIGINAL):
         raise ValueError(layout)
     plan = shard_plan(spec, layout)
@@ -148,7 +157,7 @@ def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0
                 writer = StreamingWriter(f, planned, {"format": "pt"})
                 for t in planned:
                     writer.begin(t.name)
-                    for chunk in _stored_chunks(spec, layout, t.name, seed):
+                    for chunk in _stored_chunks(spec, layout, t.name, source):
                         writer.write(chunk)
                         advance(chunk.nbytes)
                     weight_map[t.name] = filename
@@ -157,4 +166,4 @@ def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0
     return Path(out)
 
 
-__all__ = ["synthesize", "tensor_chunks", "shard_plan", "recipe", "BF16"]
+__all__ = ["synthesize", "write_checkpoint", "tensor_chunks", "shard_plan", "recipe"]

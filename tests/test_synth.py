@@ -56,3 +56,8 @@ def test_activations_stay_finite_over_1000_tokens(tiny_original):
     tokens = np.random.default_rng(2).integers(0, 199998, size=1000)
     logits = gpt_oss_logits(tiny_original, tokens)
     assert np.isfinite(logits).all() and np.abs(logits).max() < 100
+
+
+def test_convert_hf_to_original_is_byte_identical(tiny_hf, tiny_original, tmp_path, cli):
+    cli("convert", tiny_hf, tmp_path / "orig", "--layout", "original", check=True)
+    assert _digest(tmp_path / "orig") == _digest(tiny_original)

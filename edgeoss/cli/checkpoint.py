@@ -87,4 +87,17 @@ def _print_inspect(r: dict) -> None:
     out.print(t)
 
 
-COMMANDS = [synth, inspect]
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(["hf", "original"]), required=True, help="layout to write")
+@click.option("--force", is_flag=True, help="replace OUT_DIR if it exists")
+def convert(src: Path, out_dir: Path, layout: str, force: bool) -> None:
+    """Re-lay a checkpoint into the other published layout (bit-exact, streaming)."""
+    from ..convert import convert as run
+
+    run(src, out_dir, layout, force=force)
+    err.print(f"wrote {out_dir} ({layout} layout)")
+
+
+COMMANDS = [synth, inspect, convert]

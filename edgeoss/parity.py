@@ -1,0 +1,179 @@
+"""The parity report: does every artifact still compute what the original model computes?
+
+For one token sequence (random or from a text, long enough to pass the sliding window), run:
+- the original model: transformers' GptOssForCausalLM in fp32 (the baseline), and OpenAI's gpt_oss torch
+  reference in fp32 as a second witness when its layout is at hand;
+- the reference runtime (edgeoss's numpy forward pass);
+- every given artifact in its engine (GGUF in llama.cpp, ONNX in ONNX Runtime).
+
+Per engine: max abs logit difference, mean KL(original || engine), top-1 agreement, and the greedy-match
+length (tokens generated greedily from the first `prompt` tokens before the first disagreement). A deviation
+is attributed by re-running the reference runtime with the engine's known numerics emulated (llama.cpp's Q8_0
+activations and rounded YaRN range; an int4 export's re-quantized experts): if the artifact matches that
+emulation, the difference is the engine's, expected; if not, it is unexplained (a possible export bug).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UsageError
+
+EXACT = 1e-4  # fp32 implementations of the same math agree to ~1e-5 here
+EMULATED = 1e-3  # an engine matched by the emulation of its known numerics
+
+
+@dataclass(frozen=True)
+class Metrics:
+    max_abs: float
+    mean_kl: float
+    top1: float
+    positions: int
+
+    @classmethod
+    def between(cls, reference: np.ndarray, other: np.ndarray) -> "Metrics":
+        if reference.shape != other.shape:
+            raise UsageError(f"logits shapes differ: {reference.shape} vs {other.shape}")
+        return cls(max_abs=float(np.abs(reference - other).max()), mean_kl=mean_kl(reference, other),
+                   top1=float((reference.argmax(-1) == other.argmax(-1)).mean()), positions=len(reference))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean over positions of KL(P_reference || P_other), in nats."""
+    lp, lq = log_softmax(reference), log_softmax(other)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
+
+
+def greedy_match(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the report."""
+
+    label: str
+    engine: str
+    vs_original: Metrics
+    greedy_match: int
+    greedy_tokens: int
+    vs_emulation: Metrics | None = None
+    emulation: str = ""
+    verdict: str = ""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Something to check: an engine over an artifact, and the reference emulation that explains it."""
+
+    label: str
+    engine: str
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    emulation: dict[str, Any] = field(default_factory=dict)  # Emulation(...) fields for the reference runtime
+    emulation_note: str = ""
+
+
+def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> str:
+    if vs_original.max_abs <= EXACT:
+        return "matches the original (fp32 parity)"
+    if vs_emulation is not None and vs_emulation.max_abs <= EMULATED:
+        return f"engine difference, expected: {note}"
+    return "UNEXPLAINED deviation: possible export bug"
+
+
+def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, prompt: int, greedy: int,
+                              options: dict) -> tuple[np.ndarray, list[int]]:
+    from .runtimes.engine import all_logits, load_engine
+
+    engine = load_engine(engine_name, path, n_ctx=len(tokens) + greedy, **options) \
+        if engine_name == "llamacpp" else load_engine(engine_name, path, **options)
+    try:
+        logits = all_logits(engine, tokens.tolist())
+        engine.reset()
+        row = engine.prefill(tokens[:prompt].tolist())[-1]
+        out = []
+        for _ in range(greedy):
+            out.append(int(row.argmax()))
+            row = engine.step(out[-1])
+        return logits, out
+    finally:
+        engine.close()
+
+
+def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt: int = 16, greedy: int = 32,
+        witness: Path | None = None, on_progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Compute the report; returns a JSON-ready dict (see `to_markdown`)."""
+    from .oracles import TransformersOracle, gpt_oss_logits
+
+    on_progress("original model (transformers fp32)")
+    oracle = TransformersOracle(checkpoint)
+    original = oracle.logits(tokens)
+    original_greedy = oracle.greedy(tokens[:prompt], greedy)
+    oracle.close()
+    entries: list[Entry] = []
+    if witness is not None:
+        on_progress("second witness (OpenAI gpt_oss fp32)")
+        w = Metrics.between(original, gpt_oss_logits(witness, tokens))
+        entries.append(Entry("OpenAI gpt_oss reference", "gpt_oss (torch fp32)", w, -1, greedy,
+                             verdict=verdict(w, None, "")))
+    on_progress("reference runtime")
+    ref_logits, ref_greedy = _engine_logits_and_greedy("reference", checkpoint, tokens, prompt, greedy, {})
+    m = Metrics.between(original, ref_logits)
+    entries.append(Entry("checkpoint", "reference", m, greedy_match(original_greedy, ref_greedy), greedy,
+                         verdict=verdict(m, None, "")))
+    for art in artifacts:
+        on_progress(f"{art.label} in {art.engine}")
+        logits, out = _engine_logits_and_greedy(art.engine, art.path, tokens, prompt, greedy, art.options)
+        m = Metrics.between(original, logits)
+        emulated = None
+        if art.emulation and m.max_abs > EXACT:
+            on_progress(f"reference runtime emulating {art.emulation_note}")
+            emu_logits, _ = _engine_logits_and_greedy("reference", checkpoint, tokens, prompt, 0,
+                                                      {"emulation": art.emulation})
+            emulated = Metrics.between(emu_logits, logits)
+        entries.append(Entry(art.label, art.engine, m, greedy_match(original_greedy, out), greedy, emulated,
+                             art.emulation_note, verdict(m, emulated, art.emulation_note)))
+    return {"checkpoint": str(checkpoint), "positions": int(len(tokens)), "prompt_tokens": prompt,
+            "greedy_tokens": greedy, "original": "transformers GptOssForCausalLM, fp32, eager, CPU",
+            "max_abs_logit_original": float(np.abs(original).max()),
+            "entries": [asdict(e) for e in entries]}
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"# Parity report: {report['checkpoint']}", "",
+             f"{report['positions']} positions against {report['original']} (max |logit| "
+             f"{report['max_abs_logit_original']:.2f}); greedy match over {report['greedy_tokens']} tokens "
+             f"from a {report['prompt_tokens']}-token prompt.", "",
+             "| artifact | engine | max abs diff | mean KL | top-1 | greedy match | vs emulation | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in report["entries"]:
+        o = e["vs_original"]
+        emu = f"{e['vs_emulation']['max_abs']:.2e} ({e['emulation']})" if e["vs_emulation"] else "—"
+        match = f"{e['greedy_match']}/{e['greedy_tokens']}" if e["greedy_match"] >= 0 else "—"
+        lines.append(f"| {e['label']} | {e['engine']} | {o['max_abs']:.2e} | {o['mean_kl']:.2e} | "
+                     f"{100 * o['top1']:.1f} % | {match} | {emu} | {e['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def save(report: dict, json_path: Path | None, markdown_path: Path | None) -> None:
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2))
+    if markdown_path:
+        markdown_path.write_text(to_markdown(report))
