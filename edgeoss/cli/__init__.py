@@ -14,7 +14,7 @@ import click
 from ..errors import EdgeossError
 from ._common import err
 
-MODULES = ["checkpoint", "demo"]
+MODULES = ["checkpoint", "demo", "validate"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

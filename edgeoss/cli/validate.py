@@ -1,0 +1,175 @@
+"""`edgeoss parity` and `edgeoss profile`: does it compute the same thing, and how fast and big is it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.table import Table
+
+from ._common import err, out, print_json
+
+
+# ---- parity -------------------------------------------------------------------------------------------
+def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
+    from ..parity import Artifact
+
+    arts = [Artifact(p.name, "llamacpp", p, options={"f32_kv": True},
+                     emulation={"ggml_yarn_rounding": True, "q8_activations": True},
+                     emulation_note="llama.cpp's Q8_0 activations and rounded YaRN range") for p in ggufs]
+    for p in onnxs:
+        from ..exporters.onnx import export_info  # what the exporter recorded about the folder
+
+        info = export_info(p)
+        lossy = info.get("experts") == "int4"
+        arts.append(Artifact(f"{p.name} ({info.get('experts', '?')})", "onnxruntime", p, options={"exact": True},
+                             emulation={"int4_experts": str(p)} if lossy else {},
+                             emulation_note="int4 re-quantized experts" if lossy else ""))
+    return arts
+
+
+def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None]:
+    """(HF folder for transformers, original/ folder for the gpt_oss witness or None)."""
+    from ..checkpoint import Checkpoint
+    from ..convert import convert
+
+    with Checkpoint.open(checkpoint) as ckpt:
+        layout, folder, nbytes = ckpt.layout, ckpt.folder, ckpt.nbytes
+    if layout == "original":
+        return convert(folder, tmp / "hf", "hf", progress=False), folder
+    if (folder / "original" / "config.json").exists():
+        return folder, folder / "original"
+    if nbytes < 2 << 30:  # small enough to re-lay out for the second witness
+        return folder, convert(folder, tmp / "original", "original", progress=False)
+    return folder, None
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--gguf", "ggufs", multiple=True, type=click.Path(path_type=Path, exists=True), help="GGUF to check")
+@click.option("--onnx", "onnxs", multiple=True, type=click.Path(path_type=Path, exists=True), help="ONNX folder")
+@click.option("--positions", type=int, default=512, show_default=True, help="tokens compared (random ids)")
+@click.option("--text", type=click.Path(path_type=Path, exists=True), help="compare on this text instead")
+@click.option("--greedy", "greedy_tokens", type=int, default=32, show_default=True, help="greedy tokens to match")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--report", type=click.Path(path_type=Path), help="also write a markdown report here")
+def parity(checkpoint: Path, ggufs, onnxs, positions: int, text: Path | None, greedy_tokens: int, seed: int,
+           as_json: bool, report: Path | None) -> None:
+    """Compare the original model, the reference runtime and every artifact on the same tokens."""
+    from .. import parity as run
+    from ..profiler import random_prompt
+    from ..spec import from_config, load_config
+
+    with tempfile.TemporaryDirectory(prefix="edgeoss-parity-") as tmp:
+        hf, witness = _layouts(checkpoint, Path(tmp))
+        spec = from_config(load_config(hf / "config.json"))
+        if text:
+            from ..tokenizer import encode
+
+            tokens = np.array(encode(text.read_text()), dtype=np.int64)
+        else:
+            tokens = np.array(random_prompt(spec, positions, seed), dtype=np.int64)
+        result = run.run(hf, _artifacts(ggufs, onnxs), tokens, greedy=greedy_tokens, witness=witness,
+                         on_progress=lambda s: err.print(f"parity: {s} ..."))
+    run.save(result, None, report)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"parity over {result['positions']} positions vs transformers fp32")
+    for col in ("artifact", "engine", "max abs diff", "mean KL", "top-1", "greedy", "vs emulation", "verdict"):
+        table.add_column(col)
+    for e in result["entries"]:
+        o = e["vs_original"]
+        emu = f"{e['vs_emulation']['max_abs']:.2e}" if e["vs_emulation"] else ""
+        greedy = f"{e['greedy_match']}/{e['greedy_tokens']}" if e["greedy_match"] >= 0 else ""
+        table.add_row(e["label"], e["engine"], f"{o['max_abs']:.2e}", f"{o['mean_kl']:.2e}",
+                      f"{100 * o['top1']:.1f} %", greedy, emu, e["verdict"])
+    out.print(table)
+
+
+# ---- profile --------------------------------------------------------------------------------------------
+def _print_profile(r: dict) -> None:
+    from ..units import human
+
+    s = lambda x, fmt="{:.2f}": f"{fmt.format(x['median'])} ({fmt.format(x['min'])}–{fmt.format(x['max'])})"  # noqa
+    t = Table(title=f"{r['engine']} on {r['artifact']} ({r['model']}): {r['prompt_tokens']}-token prompt, "
+                    f"{r['gen_tokens']} generated, {r['runs']} runs (median, min–max)", show_header=False)
+    t.add_row("load", f"{r['load_s']:.2f} s")
+    t.add_row("time to first token", s(r["ttft_s"], "{:.3f}") + " s")
+    t.add_row("prefill", s(r["prefill_tok_s"], "{:.1f}") + " tok/s")
+    t.add_row("decode", s(r["decode_tok_s"], "{:.2f}") + " tok/s")
+    t.add_row("peak RSS", f"{human(r['peak_rss_bytes'])} (before load {human(r['rss_before_load_bytes'])}, "
+                          f"after load {human(r['rss_after_load_bytes'])})")
+    t.add_row("read from disk", f"{human(r['disk_read_bytes'])} in all, "
+                                f"{human(r['disk_read_bytes_per_decode_token'])}/decode token")
+    for key, value in r["engine_stats"].items():
+        if not isinstance(value, (list, dict)):
+            t.add_row(f"engine: {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    if "projection" in r:
+        p = r["projection"]
+        t.add_row(f"on {p['device']}", f"projected decode {p['decode_tok_s']:.2f} tok/s; planner predicts "
+                                       f"{p['planner_decode_tok_s']:.2f} tok/s")
+    m = r["machine"]
+    t.add_row("machine", f"{m['cpu']}, {m['cores']} cores, {human(m['ram_bytes'])} RAM, load {m['load_avg_1m']:.2f}")
+    out.print(t)
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path, exists=True))
+@click.option("--engine", type=click.Choice(["reference", "llamacpp", "onnxruntime", "ortgenai"]),
+              default="reference", show_default=True)
+@click.option("--prompt-tokens", type=int, default=512, show_default=True)
+@click.option("--gen-tokens", type=int, default=128, show_default=True)
+@click.option("--runs", type=int, default=3, show_default=True)
+@click.option("--memory-budget", help="reference runtime: expert cache budget, e.g. 4GiB")
+@click.option("--sweep", help="reference runtime: comma-separated budgets to sweep, e.g. 1MiB,4MiB,16MiB")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--plot", type=click.Path(path_type=Path), help="write a PNG (per-layer time or the sweep curve)")
+def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, runs: int, memory_budget: str | None,
+            sweep: str | None, as_json: bool, plot: Path | None) -> None:
+    """Measure TTFT, prefill and decode speed, peak memory and disk reads of an engine on an artifact."""
+    from .. import plots
+    from ..errors import UsageError
+    from ..profiler import profile as measure
+    from ..units import parse_size
+
+    if sweep:
+        if engine != "reference":
+            raise UsageError("--sweep runs the reference runtime at several expert budgets: use --engine reference")
+        budgets = [parse_size(b) for b in sweep.split(",")]
+        results = [measure(engine, artifact, prompt_tokens, gen_tokens, runs, {"memory_budget": b}).as_dict()
+                   for b in budgets]
+        rows = [{"budget_bytes": b, "decode_tok_s": r["decode_tok_s"]["median"],
+                 "misses_per_token": r["engine_stats"].get("misses_per_token"),
+                 "bytes_read_per_token": r["engine_stats"].get("bytes_read_per_token"),
+                 "peak_rss_bytes": r["peak_rss_bytes"]} for b, r in zip(budgets, results)]
+        if plot:
+            plots.speed_vs_budget({"reference": [(r["budget_bytes"], r["decode_tok_s"]) for r in rows]}, plot,
+                                  misses={"misses/token": [(r["budget_bytes"], r["misses_per_token"] or 0)
+                                                           for r in rows]})
+        if as_json:
+            print_json(rows)
+        else:
+            t = Table(title=f"reference runtime on {artifact}: decode speed vs expert budget")
+            for col in ("budget", "decode tok/s", "misses/token", "bytes read/token", "peak RSS"):
+                t.add_column(col)
+            from ..units import human
+            for r in rows:
+                t.add_row(human(r["budget_bytes"]), f"{r['decode_tok_s']:.2f}", f"{r['misses_per_token'] or 0:.2f}",
+                          human(r["bytes_read_per_token"] or 0), human(r["peak_rss_bytes"]))
+            out.print(t)
+        return
+    options = {"memory_budget": parse_size(memory_budget)} if memory_budget else {}
+    result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options).as_dict()
+    if plot and "time_by_layer" in result["engine_stats"]:
+        plots.per_layer_time(result["engine_stats"]["time_by_layer"], plot)
+    if as_json:
+        print_json(result)
+    else:
+        _print_profile(result)
+
+
+COMMANDS = [parity, profile]

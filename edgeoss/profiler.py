@@ -1,0 +1,159 @@
+"""Measure an engine on an artifact: load time, TTFT, prefill and decode speed, memory, disk reads.
+
+One profile = load the engine, warm up, then `runs` times: a fresh sequence of `prompt_tokens` random tokens
+(prefill; TTFT is the time to the first generated token) followed by `gen_tokens` greedy decode steps.
+Medians and spread (min, max) are reported. Peak RSS is sampled every 5 ms by a thread; bytes read from storage come from /proc/self/io (real device reads, not page-cache
+hits). Engine counters (expert cache hits and misses, bytes per token, time per layer and per op kind in the
+reference runtime) come from `engine.stats()`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    engine: str
+    artifact: str
+    model: str
+    prompt_tokens: int
+    gen_tokens: int
+    runs: int
+    load_s: float
+    ttft_s: Spread
+    prefill_tok_s: Spread
+    decode_tok_s: Spread
+    peak_rss_bytes: int
+    rss_before_load_bytes: int
+    rss_after_load_bytes: int
+    disk_read_bytes: int  # during load and all runs
+    disk_read_bytes_per_decode_token: float
+    engine_stats: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def machine_description() -> dict[str, Any]:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    vm = psutil.virtual_memory()
+    return {"cpu": model, "cores": os.cpu_count(), "ram_bytes": vm.total, "os": platform.platform(),
+            "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
+
+
+def disk_read_bytes() -> int:
+    """Bytes this process has caused to be read from storage (page-cache hits excluded)."""
+    try:
+        for line in open("/proc/self/io"):
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class RssSampler:
+    """Samples this process's RSS on a thread; `peak` is the largest value seen."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._proc = psutil.Process()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def random_prompt(spec: ModelSpec, n: int, seed: int = 0) -> list[int]:
+    """Ordinary (non-special) token ids."""
+    upper = min(spec.vocab_size, 199998)
+    return np.random.default_rng(seed).integers(0, upper, size=n).tolist()
+
+
+def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
+            options: dict[str, Any] | None = None, warmup: bool = True) -> ProfileResult:
+    from .runtimes.engine import load_engine
+
+    options = dict(options or {})
+    if engine_name == "llamacpp":
+        options.setdefault("n_ctx", prompt_tokens + gen_tokens + 8)
+    rss_before = psutil.Process().memory_info().rss
+    read_before = disk_read_bytes()
+    with RssSampler() as rss:
+        start = time.perf_counter()
+        engine = load_engine(engine_name, artifact, **options)
+        load_s = time.perf_counter() - start
+        rss_after_load = psutil.Process().memory_info().rss
+        try:
+            prompt = random_prompt(engine.spec, prompt_tokens)
+            if warmup:
+                engine.reset()
+                row = engine.prefill(prompt[:16])[-1]
+                for _ in range(2):
+                    row = engine.step(int(row.argmax()))
+            ttft, prefill, decode = [], [], []
+            read_decode = 0
+            for _ in range(runs):
+                engine.reset()
+                t0 = time.perf_counter()
+                row = engine.prefill(prompt)[-1]
+                token = int(row.argmax())
+                t1 = time.perf_counter()
+                ttft.append(t1 - t0)
+                prefill.append(prompt_tokens / (t1 - t0))
+                r0 = disk_read_bytes()
+                t2 = time.perf_counter()
+                for _ in range(gen_tokens):
+                    token = int(engine.step(token).argmax())
+                decode.append(gen_tokens / (time.perf_counter() - t2))
+                read_decode += disk_read_bytes() - r0
+            stats = engine.stats()
+        finally:
+            engine.close()
+    return ProfileResult(
+        engine=engine_name, artifact=str(artifact), model=engine.spec.name, prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens, runs=runs, load_s=load_s, ttft_s=Spread.of(ttft),
+        prefill_tok_s=Spread.of(prefill), decode_tok_s=Spread.of(decode), peak_rss_bytes=rss.peak,
+        rss_before_load_bytes=rss_before, rss_after_load_bytes=rss_after_load,
+        disk_read_bytes=disk_read_bytes() - read_before,
+        disk_read_bytes_per_decode_token=read_decode / max(1, runs * gen_tokens),
+        engine_stats=stats, machine=machine_description())
