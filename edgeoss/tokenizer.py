@@ -150,7 +150,19 @@ def vocab_dir(vocab: PathLike | None = None) -> Path:
     return folder
 
 
-@functools.lru_cache(maxsize=4)
+def _per_vocab(fn):
+    """Cache `fn(vocab)` per process, one entry per vocabulary file (None: the bundled one)."""
+    cached = functools.lru_cache(maxsize=4)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(vocab: PathLike | None = None):
+        return cached(None if vocab is None else str(Path(vocab).expanduser().resolve()))
+
+    wrapper.cache_clear = cached.cache_clear
+    return wrapper
+
+
+@_per_vocab
 def _token_bytes(vocab: PathLike | None) -> tuple[bytes, ...]:
     """The BPE tokens in rank order (rank = index). The verified file lists them as `base64 rank`, rank 0..N-1."""
     lines = read_vocab(vocab).splitlines()
@@ -178,7 +190,7 @@ def o200k_pattern() -> str:
         return openai_public.o200k_base()["pat_str"]
 
 
-@functools.lru_cache(maxsize=4)
+@_per_vocab
 def get_encoding(vocab: PathLike | None = None):
     """The o200k_harmony `tiktoken.Encoding`, built from the local vocabulary (cached per process)."""
     import tiktoken
@@ -244,7 +256,7 @@ def _save_merge_pairs(path: Path, pairs: np.ndarray) -> None:
     _atomic_write(path, gzip.compress(buffer.getvalue(), compresslevel=6))
 
 
-@functools.lru_cache(maxsize=4)
+@_per_vocab
 def merge_pairs(vocab: PathLike | None = None) -> np.ndarray:
     """`derive_merge_pairs` of the o200k vocabulary, from the disk cache when present (read-only result)."""
     tokens = _token_bytes(vocab)
@@ -285,7 +297,7 @@ class ByteLevelBPE:
     merges: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=4)
+@_per_vocab
 def byte_level_bpe(vocab: PathLike | None = None) -> ByteLevelBPE:
     """The one code path from ranks to what tokenizer.json and GGUF both store."""
     texts = [byte_level(token) for token in _token_bytes(vocab)]
