@@ -6,7 +6,14 @@ STAMP   := $(VENV)/.installed
 GPT_OSS := gpt-oss==0.0.9
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install demo test bench clean
+SYSTEM_PKGS := openjdk-17-jdk-headless junit4
+
+.PHONY: install system-deps demo test bench clean
+
+# JDK + JUnit 4 for the Android demo's JVM tests (Debian packages; installed only when missing, as root)
+system-deps:
+	@command -v javac >/dev/null && test -f /usr/share/java/junit4.jar || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PKGS); }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,12 +26,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps --ignore-requires-python $(GPT_OSS)
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system-deps
 
 demo: $(STAMP)
 	$(BIN)/edgeoss demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -1,0 +1,174 @@
+// JNI bridge between the demo's Kotlin code (org.edgeoss.demo.LlamaEngine) and llama.cpp: load the
+// bundle's GGUF memory-mapped, run one harmony prompt, stream each sampled token's bytes to Kotlin.
+#include <jni.h>
+#include <android/log.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "llama-cpp.h"
+#include "llama.h"
+
+namespace {
+
+constexpr const char *kTag = "edgeoss";
+
+// Harmony stop tokens (o200k_harmony, gpt-oss).
+constexpr llama_token kReturn = 200002;  // <|return|>: the final answer is complete
+constexpr llama_token kCall = 200012;    // <|call|>: the model calls a tool
+// <|end|> (200007) closes one message. After an analysis message the model goes on with
+// <|start|>assistant<|channel|>final..., so <|end|> stops generation only when it closes the final
+// channel; Kotlin's HarmonyStream decides that and the sink then returns false.
+
+struct Session {
+    llama_model_ptr model;
+    llama_context_ptr ctx;  // declared after model: destroyed first
+    int n_batch;
+};
+
+void log_to_logcat(ggml_log_level level, const char *text, void *) {
+    const int prio = level == GGML_LOG_LEVEL_ERROR ? ANDROID_LOG_ERROR
+                   : level == GGML_LOG_LEVEL_WARN  ? ANDROID_LOG_WARN
+                   : level == GGML_LOG_LEVEL_DEBUG ? ANDROID_LOG_DEBUG
+                                                   : ANDROID_LOG_INFO;
+    __android_log_write(prio, kTag, text);
+}
+
+void throw_java(JNIEnv *env, const char *cls, const std::string &msg) {
+    env->ThrowNew(env->FindClass(cls), msg.c_str());
+}
+
+std::string to_string(JNIEnv *env, jstring s) {
+    const char *chars = env->GetStringUTFChars(s, nullptr);
+    std::string out(chars);
+    env->ReleaseStringUTFChars(s, chars);
+    return out;
+}
+
+// Harmony markers (<|start|>, <|message|>, ...) become their special tokens; no BOS is added.
+bool tokenize(const llama_vocab *vocab, const std::string &text, std::vector<llama_token> &out) {
+    const int32_t need = llama_tokenize(vocab, text.data(), (int32_t) text.size(), nullptr, 0, false, true);
+    if (need == INT32_MIN) return false;
+    out.resize(need < 0 ? -need : need);
+    return llama_tokenize(vocab, text.data(), (int32_t) text.size(), out.data(), (int32_t) out.size(),
+                          false, true) == (int32_t) out.size();
+}
+
+// The token's text with special tokens rendered (so Kotlin sees <|channel|>, <|end|>, ...). A piece
+// can end inside a UTF-8 character; Kotlin's Utf8Stream joins the bytes.
+std::string piece(const llama_vocab *vocab, llama_token token) {
+    std::string out(64, '\0');
+    int32_t n = llama_token_to_piece(vocab, token, out.data(), (int32_t) out.size(), 0, true);
+    if (n < 0) {
+        out.resize(-n);
+        n = llama_token_to_piece(vocab, token, out.data(), (int32_t) out.size(), 0, true);
+    }
+    out.resize(n < 0 ? 0 : n);
+    return out;
+}
+
+}  // namespace
+
+extern "C" JNIEXPORT void JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeInit(JNIEnv *env, jobject, jstring native_lib_dir) {
+    static std::once_flag once;
+    const std::string dir = to_string(env, native_lib_dir);
+    std::call_once(once, [&dir] {
+        llama_log_set(log_to_logcat, nullptr);
+        // GGML_BACKEND_DL: the CPU backend variants are libggml-cpu-*.so next to this library.
+        ggml_backend_load_all_from_path(dir.c_str());
+        llama_backend_init();
+    });
+}
+
+extern "C" JNIEXPORT jlong JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeLoad(JNIEnv *env, jobject, jstring jpath, jint n_ctx, jint n_threads,
+                                             jint n_gpu_layers, jboolean use_mmap, jboolean use_mlock,
+                                             jint n_batch) {
+    const std::string path = to_string(env, jpath);
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = n_gpu_layers;
+    // mmap: the weights stay in the pushed file and the page cache, never in app storage or the heap.
+    mp.load_mode = use_mmap ? (use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                            : (use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+    llama_model_ptr model(llama_model_load_from_file(path.c_str(), mp));
+    if (!model) {
+        throw_java(env, "java/io/IOException", "llama.cpp could not load " + path + " (logcat tag: edgeoss)");
+        return 0;
+    }
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) n_ctx;
+    cp.n_batch = (uint32_t) n_batch;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
+    llama_context_ptr ctx(llama_init_from_model(model.get(), cp));
+    if (!ctx) {
+        throw_java(env, "java/lang/IllegalStateException",
+                   "llama.cpp could not create a " + std::to_string(n_ctx) + "-token context (logcat tag: edgeoss)");
+        return 0;
+    }
+    return reinterpret_cast<jlong>(new Session{std::move(model), std::move(ctx), n_batch});
+}
+
+extern "C" JNIEXPORT jint JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeGenerate(JNIEnv *env, jobject, jlong handle, jbyteArray jprompt,
+                                                 jfloat temperature, jobject sink) {
+    auto *session = reinterpret_cast<Session *>(handle);
+    llama_context *ctx = session->ctx.get();
+    const llama_vocab *vocab = llama_model_get_vocab(session->model.get());
+
+    std::string prompt((size_t) env->GetArrayLength(jprompt), '\0');
+    env->GetByteArrayRegion(jprompt, 0, (jsize) prompt.size(), reinterpret_cast<jbyte *>(prompt.data()));
+    std::vector<llama_token> tokens;
+    const int n_ctx = (int) llama_n_ctx(ctx);
+    if (!tokenize(vocab, prompt, tokens) || tokens.empty() || (int) tokens.size() >= n_ctx) {
+        throw_java(env, "java/lang/IllegalArgumentException",
+                   "the prompt is " + std::to_string(tokens.size()) + " tokens; the context holds " +
+                   std::to_string(n_ctx));
+        return 0;
+    }
+
+    // One turn per call: start from an empty KV cache, then feed the prompt n_batch tokens at a time.
+    llama_memory_clear(llama_get_memory(ctx), false);
+    for (size_t i = 0; i < tokens.size(); i += session->n_batch) {
+        const int n = std::min<int>(session->n_batch, (int) (tokens.size() - i));
+        if (llama_decode(ctx, llama_batch_get_one(tokens.data() + i, n)) != 0) {
+            throw_java(env, "java/lang/IllegalStateException", "llama_decode failed on the prompt");
+            return 0;
+        }
+    }
+
+    llama_sampler_ptr sampler(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    llama_sampler_chain_add(sampler.get(), llama_sampler_init_temp(temperature));
+    llama_sampler_chain_add(sampler.get(), llama_sampler_init_dist(LLAMA_DEFAULT_SEED));
+
+    const jmethodID on_token = env->GetMethodID(env->GetObjectClass(sink), "onToken", "([B)Z");
+    int n_past = (int) tokens.size();
+    int generated = 0;
+    while (n_past < n_ctx) {
+        llama_token token = llama_sampler_sample(sampler.get(), ctx, -1);
+        const std::string bytes = piece(vocab, token);
+        jbyteArray jbytes = env->NewByteArray((jsize) bytes.size());
+        env->SetByteArrayRegion(jbytes, 0, (jsize) bytes.size(), reinterpret_cast<const jbyte *>(bytes.data()));
+        const jboolean keep_going = env->CallBooleanMethod(sink, on_token, jbytes);
+        env->DeleteLocalRef(jbytes);
+        generated++;
+        if (env->ExceptionCheck() || !keep_going || token == kReturn || token == kCall) break;
+        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
+            throw_java(env, "java/lang/IllegalStateException", "llama_decode failed while generating");
+            break;
+        }
+        n_past++;
+    }
+    return generated;
+}
+
+extern "C" JNIEXPORT void JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeFree(JNIEnv *, jobject, jlong handle) {
+    delete reinterpret_cast<Session *>(handle);
+}

@@ -1,0 +1,137 @@
+package org.edgeoss.core;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Locale;
+import java.util.Set;
+import java.util.regex.Pattern;
+
+/** manifest.json of an Android bundle written by {@code edgeoss package android}. */
+public final class BundleManifest {
+    public static final String FILE_NAME = "manifest.json";
+    public static final int FORMAT_VERSION = 1;
+    private static final Pattern SHA256 = Pattern.compile("[0-9a-fA-F]{64}");
+
+    /** One file of the bundle (every file except manifest.json). */
+    public static final class FileEntry {
+        public final String path;
+        public final long size;
+        public final String sha256;
+
+        public FileEntry(String path, long size, String sha256) {
+            this.path = path;
+            this.size = size;
+            this.sha256 = sha256;
+        }
+    }
+
+    /** engine.settings: how llama.cpp is to load and run the model. */
+    public static final class EngineSettings {
+        public final int nCtx;
+        public final int nThreads;
+        public final int nGpuLayers;
+        public final boolean useMmap;
+        public final boolean useMlock;
+        public final int nBatch;
+
+        EngineSettings(int nCtx, int nThreads, int nGpuLayers, boolean useMmap, boolean useMlock, int nBatch) {
+            this.nCtx = nCtx;
+            this.nThreads = nThreads;
+            this.nGpuLayers = nGpuLayers;
+            this.useMmap = useMmap;
+            this.useMlock = useMlock;
+            this.nBatch = nBatch;
+        }
+    }
+
+    public final String modelName;
+    public final long paramsTotal;
+    public final long paramsActive;
+    public final int context;
+    public final List<FileEntry> files;
+    public final long minFreeRamBytes;
+    public final String modelFile;
+    public final EngineSettings settings;
+    /** Relative path of plan.json, or null when the manifest names none. */
+    public final String planFile;
+
+    private BundleManifest(String modelName, long paramsTotal, long paramsActive, int context,
+                           List<FileEntry> files, long minFreeRamBytes,
+                           String modelFile, EngineSettings settings, String planFile) {
+        this.modelName = modelName;
+        this.paramsTotal = paramsTotal;
+        this.paramsActive = paramsActive;
+        this.context = context;
+        this.files = Collections.unmodifiableList(files);
+        this.minFreeRamBytes = minFreeRamBytes;
+        this.modelFile = modelFile;
+        this.settings = settings;
+        this.planFile = planFile;
+    }
+
+    public static BundleManifest parse(String json) throws BundleException {
+        Json.Obj root = Json.parseObject(json, FILE_NAME);
+        String format = root.str("format");
+        if (!format.equals("edgeoss-bundle")) {
+            throw new BundleException(FILE_NAME + ": format is '" + format + "', not 'edgeoss-bundle': "
+                    + "this folder was not written by `edgeoss package android`");
+        }
+        long version = root.lng("format_version");
+        if (version != FORMAT_VERSION) {
+            throw new BundleException(FILE_NAME + ": format_version " + version + " is not supported (this app reads "
+                    + FORMAT_VERSION + "): use a matching edgeoss and app");
+        }
+        String target = root.str("target");
+        if (!target.equals("android")) {
+            throw new BundleException(FILE_NAME + ": bundle was packaged for target '" + target + "', not android: "
+                    + "run `edgeoss package android`");
+        }
+
+        Json.Obj model = root.obj("model");
+        int context = root.integer("context", 0);
+        if (context <= 0) throw root.fail("context", "must be a positive integer");
+        List<FileEntry> files = files(root);
+
+        Json.Obj memory = root.obj("memory");
+        long minFree = memory.lng("min_free_ram_bytes");
+        if (minFree <= 0) throw memory.fail("min_free_ram_bytes", "must be positive");
+
+        Json.Obj engine = root.obj("engine");
+        String engineName = engine.str("name");
+        if (!engineName.equals("llama.cpp")) {
+            throw engine.fail("name", "is '" + engineName + "': this app runs llama.cpp bundles only");
+        }
+        String modelFile = engine.str("model_file");
+        if (files.stream().noneMatch(f -> f.path.equals(modelFile))) {
+            throw engine.fail("model_file", "names '" + modelFile + "', which is not listed in 'files'");
+        }
+        Json.Obj s = engine.objOrEmpty("settings");
+        EngineSettings settings = new EngineSettings(
+                s.integer("n_ctx", context), s.integer("n_threads", 4), s.integer("n_gpu_layers", 0),
+                s.bool("use_mmap", true), s.bool("use_mlock", false), s.integer("n_batch", 512));
+
+        String planFile = root.has("plan") ? root.str("plan") : null;
+        return new BundleManifest(model.str("name"), model.lng("params_total", 0), model.lng("params_active", 0),
+                context, files, minFree, modelFile, settings, planFile);
+    }
+
+    private static List<FileEntry> files(Json.Obj root) throws BundleException {
+        List<Json.Obj> items = root.objects("files");
+        if (items.isEmpty()) throw root.fail("files", "is empty");
+        List<FileEntry> files = new ArrayList<>();
+        Set<String> seen = new HashSet<>();
+        for (int i = 0; i < items.size(); i++) {
+            Json.Obj f = items.get(i);
+            String path = f.str("path");
+            long size = f.lng("size");
+            String sha = f.str("sha256");
+            if (size < 0) throw f.fail("size", "is negative");
+            if (!SHA256.matcher(sha).matches()) throw f.fail("sha256", "is not 64 hex digits");
+            if (!seen.add(path)) throw root.fail("files", "lists '" + path + "' twice");
+            files.add(new FileEntry(path, size, sha.toLowerCase(Locale.ROOT)));
+        }
+        return files;
+    }
+}
