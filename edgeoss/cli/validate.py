@@ -126,10 +126,12 @@ def _print_profile(r: dict) -> None:
 @click.option("--runs", type=int, default=3, show_default=True)
 @click.option("--memory-budget", help="reference runtime: expert cache budget, e.g. 4GiB")
 @click.option("--sweep", help="reference runtime: comma-separated budgets to sweep, e.g. 1MiB,4MiB,16MiB")
+@click.option("--memory-limit", help="run inside a fresh memory cgroup of this size (page cache charged), "
+                                     "e.g. 6GiB; a kill is reported, not raised")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", type=click.Path(path_type=Path), help="write a PNG (per-layer time or the sweep curve)")
 def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, runs: int, memory_budget: str | None,
-            sweep: str | None, as_json: bool, plot: Path | None) -> None:
+            sweep: str | None, memory_limit: str | None, as_json: bool, plot: Path | None) -> None:
     """Measure TTFT, prefill and decode speed, peak memory and disk reads of an engine on an artifact."""
     from .. import plots
     from ..errors import UsageError
@@ -163,6 +165,10 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
             out.print(t)
         return
     options = {"memory_budget": parse_size(memory_budget)} if memory_budget else {}
+    if memory_limit:
+        _profile_limited(engine, artifact, parse_size(memory_limit), options, prompt_tokens, gen_tokens, runs,
+                         as_json)
+        return
     result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options).as_dict()
     if plot and "time_by_layer" in result["engine_stats"]:
         plots.per_layer_time(result["engine_stats"]["time_by_layer"], plot)
@@ -170,6 +176,37 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         print_json(result)
     else:
         _print_profile(result)
+
+
+def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, prompt_tokens: int, gen_tokens: int,
+                     runs: int, as_json: bool) -> None:
+    """The profile in a child process inside a memory cgroup: the check that a plan really fits."""
+    from ..memlimit import run_profile_limited
+    from ..units import human
+
+    run = run_profile_limited(engine, artifact, limit, options=options, prompt_tokens=prompt_tokens,
+                              gen_tokens=gen_tokens, runs=runs)
+    report = {"memory_limit_bytes": run.limit_bytes, "killed": run.killed, "timed_out": run.timed_out,
+              "returncode": run.returncode, "peak_bytes": run.peak_bytes, "oom_kills": run.oom_kills,
+              "failcnt": run.failcnt, "major_faults": run.major_faults, "read_bytes": run.read_bytes,
+              "page_cache_bytes": run.page_cache_bytes, "wall_s": run.wall_s, "profile": run.result}
+    if as_json:
+        print_json(report)
+        return
+    if run.result:
+        _print_profile(run.result)
+    verdict = "[red]KILLED (out of memory)[/red]" if run.killed else \
+        "[red]timed out[/red]" if run.timed_out else "[green]fits[/green]" if run.ok else \
+        f"[red]failed (exit {run.returncode})[/red]"
+    t = Table(title=f"inside a {human(run.limit_bytes)} memory cgroup (page cache charged)", show_header=False)
+    t.add_row("result", verdict)
+    t.add_row("peak usage", f"{human(run.peak_bytes)} of {human(run.limit_bytes)}")
+    t.add_row("read from disk", human(run.read_bytes))
+    t.add_row("major page faults", str(run.major_faults))
+    t.add_row("OOM kills / failcnt", f"{run.oom_kills} / {run.failcnt}")
+    out.print(t)
+    if not run.ok and not run.killed and run.stderr.strip():
+        err.print(run.stderr.strip().splitlines()[-1], highlight=False)
 
 
 COMMANDS = [parity, profile]

@@ -1,0 +1,83 @@
+"""`edgeoss profiles list|show|measure`: the device profiles the planner plans for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ._common import err, out, print_json
+
+
+@click.group()
+def profiles() -> None:
+    """Device profiles: RAM an app can hold, bandwidths, storage limits (profiles/*.toml)."""
+
+
+@profiles.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(as_json: bool) -> None:
+    """The shipped profiles, one line each."""
+    from ..profiles import list_profiles, load_profile
+    from ..units import human
+
+    loaded = [load_profile(name) for name in list_profiles()]
+    if as_json:
+        print_json([p.as_dict() for p in loaded])
+        return
+    t = Table(title="device profiles")
+    for column in ("name", "platform", "RAM", "app budget", "GB/s", "flash MB/s", "GPU", "description"):
+        t.add_column(column)
+    for p in loaded:
+        gpu = f"{human(p.gpu_memory_bytes)}{' unified' if p.gpu_unified else ''}" if p.has_gpu else "-"
+        t.add_row(p.name, p.platform, human(p.ram_bytes), human(p.app_budget_bytes), f"{p.memory_bandwidth_gb_s:g}",
+                  f"{p.flash_seq_read_mb_s:g}", gpu, p.description)
+    out.print(t)
+
+
+@profiles.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def show(name: str, as_json: bool) -> None:
+    """One profile (a shipped NAME or a path to a .toml file)."""
+    from ..profiles import load_profile
+    from ..units import human
+
+    p = load_profile(name)
+    if as_json:
+        print_json(p.as_dict())
+        return
+    t = Table(title=f"{p.name}: {p.description}", show_header=False)
+    for key, value in p.as_dict().items():
+        shown = human(value) if key.endswith("_bytes") and isinstance(value, int) and value else value
+        t.add_row(key, "unlimited" if key == "max_file_bytes" and value is None else str(shown))
+    out.print(t)
+
+
+@profiles.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="profile file to write")
+@click.option("--name", default="this-machine", show_default=True, help="the profile's name")
+@click.option("--dir", "folder", type=click.Path(path_type=Path, file_okay=False, exists=True), default=".",
+              show_default=True, help="folder whose disk is measured (where the model would live)")
+@click.option("--disk-mib", type=click.IntRange(4, 1 << 16), default=256, show_default=True,
+              help="size of the temporary file read back")
+@click.option("--quick", is_flag=True, help="smaller, noisier measurements (seconds instead of ~15 s)")
+def measure(output: Path, name: str, folder: Path, disk_mib: int, quick: bool) -> None:
+    """Measure this machine (RAM, memory and disk bandwidth, MXFP4 kernel speed) and write a profile."""
+    from ..atomic import atomic_file
+    from ..device_measure import measure as run
+    from ..profiles import profile_toml, read_profile
+
+    measured = run(name, folder, disk_mib << 20, quick=quick)
+    header = f"{measured.profile.description}.\nWritten by `edgeoss profiles measure`; GPU not measured (add gpu_* keys)."
+    with atomic_file(output) as tmp:
+        tmp.write_text(profile_toml(measured.profile, measured.comments, header))
+    read_profile(output)  # what we wrote must load
+    p = measured.profile
+    err.print(f"wrote {output}: {p.ram_bytes / 2**30:.1f} GiB RAM, {p.memory_bandwidth_gb_s:g} GB/s memory, "
+              f"disk {p.flash_seq_read_mb_s:g} MB/s sequential / {p.flash_random_read_mb_s:g} MB/s 4 KiB random, "
+              f"MXFP4 matvec {measured.matvec_gb_s:.2f} GB/s, {p.cpu_gflops:g} GFLOP/s batched")
+
+
+COMMANDS = [profiles]

@@ -1,0 +1,191 @@
+"""Measure the machine edgeoss runs on and describe it as a device profile (`edgeoss profiles measure`).
+
+- RAM and the app budget: psutil; the budget is 90 % of the memory available right now.
+- Memory bandwidth: a parallel sum over a 256 MiB array (numba, all threads), best of three.
+- Flash: a temporary file in the chosen folder, written and synced, then dropped from the page cache
+  (posix_fadvise DONTNEED) and read back sequentially in 4 MiB blocks and randomly in 4 KiB blocks, both
+  with O_DIRECT where the file system allows it.
+- CPU throughput: the reference runtime's MXFP4 matmul kernel (edgeoss.runtimes.kernels) on gpt-oss-sized
+  expert matrices: one token (a decode matvec, reported as GB/s of MXFP4 weights) and a batch of 64 tokens
+  (reported as GFLOP/s, the profile's cpu_gflops).
+- Largest file: 4 GiB - 1 on FAT file systems, otherwise unlimited.
+GPUs are not measured; add the gpu_* keys by hand (profiles/README.md).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import psutil
+from numba import prange
+
+from .errors import UsageError
+from .profiles import DeviceProfile
+
+MIB = 1 << 20
+FAT_LIMIT = (1 << 32) - 1
+FAT_TYPES = ("vfat", "msdos", "fat", "fat32", "exfat_fat32")
+SEQ_BLOCK, RANDOM_BLOCK = 4 * MIB, 4096
+
+
+@dataclass(frozen=True)
+class Measured:
+    profile: DeviceProfile
+    comments: dict[str, str]  # profile key -> how it was measured
+    matvec_gb_s: float
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _parallel_sum(values):
+    total = np.float32(0.0)
+    for i in prange(values.shape[0]):
+        total += values[i]
+    return total
+
+
+def memory_bandwidth_gb_s(nbytes: int = 256 * MIB, repeats: int = 3) -> float:
+    values = np.ones(nbytes // 4, dtype=np.float32)
+    _parallel_sum(values[:1024])  # compile outside the timing
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _parallel_sum(values)
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best / 1e9
+
+
+def _aligned_buffer(nbytes: int) -> mmap.mmap:
+    return mmap.mmap(-1, nbytes)  # page-aligned, as O_DIRECT requires
+
+
+def _open_uncached(path: Path) -> tuple[int, bool]:
+    """A read descriptor that bypasses the page cache if the file system allows O_DIRECT."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return os.open(path, os.O_RDONLY | direct), True
+        except OSError:
+            pass
+    fd = os.open(path, os.O_RDONLY)
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return fd, False
+
+
+def flash_read_mb_s(folder: Path, nbytes: int, random_seconds: float = 1.0) -> tuple[float, float, bool]:
+    """(sequential MB/s, 4 KiB random MB/s, whether O_DIRECT was used) for a temporary file in `folder`."""
+    nbytes = max(SEQ_BLOCK, nbytes // SEQ_BLOCK * SEQ_BLOCK)
+    path = Path(folder) / f".edgeoss-measure-{os.getpid()}.tmp"
+    chunk = np.random.default_rng(0).integers(0, 256, SEQ_BLOCK, dtype=np.uint8).tobytes()
+    try:
+        with open(path, "wb") as f:
+            for _ in range(nbytes // SEQ_BLOCK):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        fd, direct = _open_uncached(path)
+        try:
+            buffer = _aligned_buffer(SEQ_BLOCK)
+            start = time.perf_counter()
+            while os.readv(fd, [buffer]) > 0:
+                pass
+            seq = nbytes / (time.perf_counter() - start) / 1e6
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            small = _aligned_buffer(RANDOM_BLOCK)
+            offsets = np.random.default_rng(1).integers(0, nbytes // RANDOM_BLOCK, 1 << 16) * RANDOM_BLOCK
+            reads, start = 0, time.perf_counter()
+            while reads < len(offsets) and time.perf_counter() - start < random_seconds:
+                os.preadv(fd, [small], int(offsets[reads]))
+                reads += 1
+            rnd = reads * RANDOM_BLOCK / (time.perf_counter() - start) / 1e6
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UsageError(f"{folder}: cannot measure disk reads there ({e.strerror})") from None
+    finally:
+        path.unlink(missing_ok=True)
+    return seq, min(rnd, seq), direct
+
+
+def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, batch: int = 64) -> tuple[float, float]:
+    """(decode matvec GB/s of MXFP4 weights, batched GFLOP/s) with the reference runtime's kernel."""
+    from edgeoss.runtimes.kernels import mxfp4_matmul
+
+    rng = np.random.default_rng(0)
+    groups = hidden // 32
+    blocks = rng.integers(0, 256, (experts, rows, groups, 16), dtype=np.uint8)
+    scales = rng.integers(118, 123, (experts, rows, groups), dtype=np.uint8)
+    x1 = rng.standard_normal((1, hidden)).astype(np.float32)
+    xb = rng.standard_normal((batch, hidden)).astype(np.float32)
+    mxfp4_matmul(x1, blocks[0], scales[0])  # compile
+    start = time.perf_counter()
+    for e in range(experts):
+        mxfp4_matmul(x1, blocks[e], scales[e])
+    matvec = (blocks.nbytes + scales.nbytes) / (time.perf_counter() - start) / 1e9
+    start = time.perf_counter()
+    mxfp4_matmul(xb, blocks[0], scales[0])
+    gflops = 2 * rows * hidden * batch / (time.perf_counter() - start) / 1e9
+    return matvec, gflops
+
+
+def this_platform() -> str:
+    if "ANDROID_ROOT" in os.environ or hasattr(sys, "getandroidapilevel"):
+        return "android"
+    return {"linux": "linux", "darwin": "macos", "win32": "windows"}.get(sys.platform, "linux")
+
+
+def this_cpu_arch() -> str:
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86_64"
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    raise UsageError(f"cannot describe a {machine!r} CPU: profiles know arm64 and x86_64")
+
+
+def max_file_bytes(folder: Path) -> int | None:
+    folder = Path(folder).resolve()
+    best, fstype = -1, ""
+    for part in psutil.disk_partitions(all=True):
+        mount = Path(part.mountpoint)
+        if (folder == mount or mount in folder.parents) and len(str(mount)) > best:
+            best, fstype = len(str(mount)), part.fstype.lower()
+    return FAT_LIMIT if fstype in FAT_TYPES else None
+
+
+def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = False) -> Measured:
+    """Measure this machine. `quick` shrinks every measurement (for tests); figures get noisier."""
+    vm = psutil.virtual_memory()
+    bandwidth = memory_bandwidth_gb_s(32 * MIB if quick else 256 * MIB)
+    seq, rnd, direct = flash_read_mb_s(folder, disk_bytes, 0.2 if quick else 1.0)
+    matvec, gflops = mxfp4_throughput(experts=2 if quick else 8, batch=8 if quick else 64)
+    limit = max_file_bytes(folder)
+    how = "O_DIRECT" if direct else "after posix_fadvise(DONTNEED)"
+    profile = DeviceProfile(
+        name=name, description=f"{platform.system()} {platform.machine()} with {psutil.cpu_count()} threads, "
+                               f"measured by edgeoss on {time.strftime('%Y-%m-%d')}", platform=this_platform(), cpu_arch=this_cpu_arch(),
+        ram_bytes=vm.total, app_budget_bytes=min(vm.total, int(0.9 * vm.available)),
+        memory_bandwidth_gb_s=round(bandwidth, 1), flash_seq_read_mb_s=round(seq), flash_random_read_mb_s=round(rnd, 1),
+        cpu_threads=os.cpu_count() or 1, cpu_gflops=round(gflops, 1), max_file_bytes=limit)
+    comments = {
+        "ram": "measured: psutil.virtual_memory().total",
+        "app_budget": f"measured: 90 % of the memory available at measurement time "
+                      f"({vm.available / 2**30:.1f} GiB available)",
+        "memory_bandwidth_gb_s": "measured: parallel sum over a float32 array, best of 3 (numba, all threads)",
+        "flash_seq_read_mb_s": f"measured: {disk_bytes // MIB} MiB temporary file in {folder}, 4 MiB reads, {how}",
+        "flash_random_read_mb_s": f"measured: 4 KiB reads at random offsets of the same file, {how}",
+        "cpu_threads": "measured: os.cpu_count()",
+        "cpu_gflops": f"measured: reference runtime MXFP4 kernel, batched matmul (decode matvec: {matvec:.2f} GB/s "
+                      "of MXFP4 weights)",
+        "max_file": "measured: file system type of the measured folder (FAT: 4 GiB - 1)",
+    }
+    return Measured(profile, comments, matvec)

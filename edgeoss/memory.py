@@ -1,0 +1,187 @@
+"""What a gpt-oss model costs in memory on an engine, part by part: weights, KV cache, scratch, overhead.
+
+Weights. Experts are MXFP4 (17 bytes per 32 weights) plus their biases. Everything else is "dense":
+embedding, unembedding, attention (q/k/v/o weights and biases, sinks), router, norms. `--dense-type` sets the
+type of the dense matrices (embedding, unembedding, q/k/v/o): f32 4 B, f16/bf16 2 B, q8_0 34 B per 32
+weights. The rest follows the engine's file format:
+- reference (reads the checkpoint): vectors, router and expert biases as stored (bf16), except that f32
+  dense makes every dense tensor f32. With bf16, dense + experts is exactly the checkpoint's tensor bytes.
+- llamacpp (reads GGUF): router weights, vectors (norms, biases, sinks) and expert biases are F32, as
+  llama.cpp's converter writes them.
+
+KV cache. K and V of every layer, `kv_dim` wide each, at `--kv-type` (default f16, llama.cpp's default).
+Full-attention layers hold every position; sliding layers hold the window. The reference holds exactly
+`context` and `min(context, window)` cells. llama.cpp pads n_ctx to 256 cells and, without `--swa-full`
+(its default), sizes a sliding layer at pad256(window + n_ubatch).
+
+Scratch. The activations of one layer for one prefill chunk (float32: residual and its norm, q, k, v,
+attention output, router logits, k experts' gate/up and down outputs), attention scores where the engine
+materializes them (the reference does, chunk x heads x context; llama.cpp with flash attention does not),
+the logits it returns (the reference returns every position of a chunk, llama.cpp one), and, for an engine
+that streams experts, a buffer for one layer's k missed experts.
+
+Engine overhead. The engine's own code and runtime (measured: Python + numpy + numba + edgeoss import at
+98 MiB RSS on our build machine; we count 128 MiB for the reference; llama.cpp's library and threads are an
+estimate of 64 MiB), an Android app's ART process (estimate 160 MiB), a discrete GPU's driver context
+(estimate 512 MiB, on the GPU), and llama.cpp's repacked copy of CPU-side experts when the file is
+mmapped: llama.cpp repacks MXFP4 on every AVX2 and NEON+dotprod CPU (ggml-cpu repack.cpp), so with mmap
+the mapped file pages and an anonymous copy of the same experts are both resident at load
+(gguf.md §12, baselines-20b.md: 20.8-22.4 GiB peak for a 12.8 GiB model). With `use_mmap = false` the
+experts are read straight into the repacked buffer and counted once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .spec import ModelSpec, tensor_table
+
+MIB = 1 << 20
+
+DENSE_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+KV_TYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
+MXFP4_BYTES_PER_WEIGHT = 17 / 32
+STORED_BYTES = 2  # bf16: how the checkpoint stores every non-expert tensor and the expert biases
+F32_BYTES = 4
+
+LLAMACPP_PAD = 256  # llama.cpp rounds KV cells up to this
+ANDROID_APP_BYTES = 160 * MIB  # estimate: an Android app's ART process around the engine
+GPU_CONTEXT_BYTES = 512 * MIB  # estimate: CUDA context and driver reservations on a discrete GPU
+
+
+@dataclass(frozen=True)
+class EngineTraits:
+    """How an engine lays out and uses memory."""
+
+    name: str
+    weight_format: str  # "checkpoint" or "gguf"
+    streams_experts: bool  # can run with experts left on flash
+    prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch)
+    materializes_scores: bool  # attention scores [chunk, heads, context] exist at once
+    logits_per_position: bool  # prefill returns a logits row for every position of a chunk
+    runtime_bytes: int
+
+
+ENGINES = {
+    "reference": EngineTraits("reference", "checkpoint", True, 128, True, True, 128 * MIB),
+    "llamacpp": EngineTraits("llamacpp", "gguf", False, 512, False, False, 64 * MIB),
+}
+
+
+def engine_traits(name: str) -> EngineTraits:
+    if name not in ENGINES:
+        raise UsageError(f"unknown engine {name!r} for planning (choose from {', '.join(ENGINES)})")
+    return ENGINES[name]
+
+
+def _type_bytes(table: dict[str, float], name: str, what: str) -> float:
+    if name not in table:
+        raise UsageError(f"unknown {what} {name!r} (choose from {', '.join(table)})")
+    return table[name]
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """Bytes of the model's weights in one engine's format."""
+
+    embedding: int
+    unembedding: int
+    attention: int
+    router: int
+    norms: int
+    expert: int  # one expert of one layer, biases included
+    embedding_row: int  # what one token reads of the embedding table
+    layers: int
+    experts_per_layer: int
+
+    @property
+    def dense(self) -> int:
+        return self.embedding + self.unembedding + self.attention + self.router + self.norms
+
+    @property
+    def experts_total(self) -> int:
+        return self.expert * self.layers * self.experts_per_layer
+
+    @property
+    def expert_layer(self) -> int:
+        return self.expert * self.experts_per_layer
+
+    @property
+    def dense_per_token(self) -> int:
+        """Dense bytes one decoded token reads: all but the embedding table, of which it reads one row."""
+        return self.dense - self.embedding + self.embedding_row
+
+
+MATRIX_KINDS = ("embedding", "unembedding", "attention")
+
+
+def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
+    dense_b = _type_bytes(DENSE_TYPES, dense_type, "dense type")
+    gguf = engine_traits(engine).weight_format == "gguf"
+    other_b = F32_BYTES if gguf or dense_type == "f32" else STORED_BYTES
+    by_kind = dict.fromkeys(("embedding", "unembedding", "attention", "router", "norm"), 0)
+    expert_layer = 0.0
+    for info in tensor_table(spec):
+        if info.kind == "experts":
+            if info.layer == 0:
+                bias = info.name.endswith(".bias")
+                expert_layer += info.numel * ((F32_BYTES if gguf else STORED_BYTES) if bias
+                                              else 1)  # blocks and scales are bytes already
+            continue
+        matrix = len(info.shape) == 2 and info.kind in MATRIX_KINDS
+        by_kind[info.kind] += math.ceil(info.numel * (dense_b if matrix else other_b))
+    row = math.ceil(spec.hidden_size * dense_b)
+    return WeightBytes(embedding=by_kind["embedding"], unembedding=by_kind["unembedding"],
+                       attention=by_kind["attention"], router=by_kind["router"], norms=by_kind["norm"],
+                       expert=int(expert_layer) // spec.num_local_experts, embedding_row=row,
+                       layers=spec.num_hidden_layers, experts_per_layer=spec.num_local_experts)
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+@dataclass(frozen=True)
+class KvCache:
+    full_cells: int  # positions held by each full-attention layer
+    sliding_cells: int  # positions held by each sliding layer
+    full_bytes: int
+    sliding_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.full_bytes + self.sliding_bytes
+
+
+def kv_cache(spec: ModelSpec, context: int, kv_type: str, engine: str) -> KvCache:
+    per_cell = 2 * spec.kv_dim * _type_bytes(KV_TYPES, kv_type, "KV type")  # K and V
+    if engine_traits(engine).weight_format == "gguf":
+        full = _pad(context, LLAMACPP_PAD)
+        sliding = min(_pad(spec.sliding_window + ENGINES["llamacpp"].prefill_chunk, LLAMACPP_PAD), full)
+    else:
+        full, sliding = context, min(context, spec.sliding_window)
+    return KvCache(full, sliding, math.ceil(len(spec.full_layers) * full * per_cell),
+                   math.ceil(len(spec.sliding_layers) * sliding * per_cell))
+
+
+def activation_floats_per_token(spec: ModelSpec) -> int:
+    """float32 values one token keeps alive inside one layer (see the module docstring)."""
+    return (2 * spec.hidden_size + 2 * spec.q_dim + 2 * spec.kv_dim + spec.num_local_experts
+            + spec.num_experts_per_tok * 3 * spec.intermediate_size)
+
+
+def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int) -> int:
+    t = engine_traits(engine)
+    chunk = min(context, t.prefill_chunk)
+    activations = 4 * chunk * activation_floats_per_token(spec)
+    scores = 4 * chunk * spec.num_attention_heads * context if t.materializes_scores else 0
+    logits = 4 * spec.vocab_size * (chunk if t.logits_per_position else 1)
+    stream_buffer = spec.num_experts_per_tok * expert_bytes if t.streams_experts else 0
+    return activations + scores + logits + stream_buffer
+
+
+def overhead_bytes(engine: str, platform: str) -> int:
+    """Host-side runtime bytes (the GPU context and the repack copy are counted by the planner)."""
+    return engine_traits(engine).runtime_bytes + (ANDROID_APP_BYTES if platform == "android" else 0)

@@ -1,0 +1,559 @@
+"""The expert-offload planner: does a model fit a device, which experts stay in RAM, how fast will it run,
+and the engine settings that realize the plan.
+
+`make_plan(PlanRequest(...))` returns the plan as a JSON-ready dict; `write_plan` / `read_plan` store it.
+
+Plan file, format "edgeoss-plan", version 1 (other tools read exactly these keys; new keys may be added,
+none removed or renamed without a new version):
+
+    format          "edgeoss-plan"
+    version         1
+    model           name, source (preset name or checkpoint path), layers, experts_per_layer,
+                    experts_per_token, expert_bytes (one expert of one layer, as the engine stores it),
+                    dense_type, kv_type, weight_bytes (all weights in the engine's format)
+    device          name, description, platform, cpu_arch, ram_bytes, app_budget_bytes, gpu_memory_bytes,
+                    gpu_unified, memory_bandwidth_gb_s, flash_seq_read_mb_s, max_file_bytes (null: no limit)
+    engine          the engine the fit and the prediction are for: "reference" (streams experts from
+                    flash) or "llamacpp" (every expert resident, per-layer CPU/GPU split)
+    context         tokens of context the KV cache is sized for
+    fits            true when the plan runs inside the device's app budget (and GPU memory); false means
+                    nothing below `fits` but `memory`, `alternatives` and `advice` is filled in
+    fits_in_ram     true when every expert is resident (no flash reads while decoding)
+    memory          dense_bytes + kv_cache_bytes + scratch_bytes + engine_overhead_bytes
+                    + resident_expert_bytes = total_bytes (exactly); ram_bytes (the part in host RAM:
+                    total_bytes less gpu_bytes on a discrete GPU), gpu_bytes, app_budget_bytes,
+                    headroom_bytes = app_budget_bytes - ram_bytes, reserve_bytes (the headroom the planner
+                    keeps free: max(128 MiB, 2 % of the budget)), kv_full_bytes + kv_sliding_bytes =
+                    kv_cache_bytes, repack_copy_bytes (part of engine_overhead_bytes: llama.cpp's second copy
+                    of mmapped CPU-side experts, resident at load), gpu_budget_bytes
+    experts         pinned {"<layer>": [expert ids, most popular first]}, cache_slots (extra LRU slots shared
+                    by all layers), budget_bytes ((pinned + cache_slots) x expert_bytes: what the engine may
+                    hold in experts), resident_slots, total_experts, resident_fraction, on_flash
+                    {"<layer>": [ids not pinned]}, order {"<layer>": [a permutation of 0..E-1: pinned first,
+                    then by popularity; order[i] is the original id stored at position i]}, popularity
+                    {"<layer>": [choices per token, by expert id]}, popularity_source ("uniform" or the
+                    trace path)
+    prediction      decode_tok_s, decode_s_per_token, ttft_s, prompt_tokens, load_s, misses_per_token,
+                    miss_bytes_per_token, hit_rate, ram_bytes_per_token, gpu_bytes_per_token,
+                    memory_s_per_token, compute_s_per_token, flash_s_per_token (see edgeoss/predict.py),
+                    calibration {memory_efficiency, flash_efficiency, compute_efficiency}
+    engines         llamacpp {n_ctx, n_gpu_layers, n_cpu_moe, use_mmap, use_mlock, flash_attn, swa_full,
+                    n_ubatch, n_threads, type_k, type_v, override_tensors ["regex=CPU"], flags [command-line
+                    flags], fits, ram_bytes, gpu_bytes}; ortgenai {max_length, past_present_share_buffer,
+                    provider, search {...}}; reference {memory_budget, pinned, cache_slots, prefill_chunk,
+                    dense_type, kv_type, flags}
+    alternatives    [{change, flag, fits, decode_tok_s, misses_per_token, ram_bytes, resident_fraction}]: single
+                    changes (dense type, KV type, context, engine) that fit, smallest first; listed when the
+                    plan does not fit, or when it streams
+    advice          [sentences]: why it does not fit and the smallest change that would, streaming costs,
+                    file-size limits
+
+The reference runtime reads `experts.pinned` and `experts.budget_bytes` (`--plan plan.json`); exporters
+apply `experts.order`; the Android app reads `fits`, `memory`, `prediction` and `engines.llamacpp`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_file
+from .cache_sim import compare, replay
+from .errors import UsageError
+from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, engine_traits, kv_cache, overhead_bytes,
+                     scratch_bytes, weight_bytes)
+from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
+from .predict import Calibration, Layout, Prediction, predict, uniform_misses_per_token
+from .profiles import DeviceProfile
+from .runtimes.trace import Trace
+from .spec import ModelSpec
+from .units import human
+
+FORMAT, VERSION = "edgeoss-plan", 1
+MIB = 1 << 20
+RESERVE_MIN_BYTES, RESERVE_FRACTION = 128 * MIB, 0.02
+SLOW_TOK_S = 2.0  # below this, streaming is not practically usable (jundot/omlx #2482: 2-3 tok/s rejected)
+LLAMACPP_ALL_LAYERS = 99  # -ngl 99: every layer on the GPU
+DEFAULT_PROMPT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    spec: ModelSpec
+    device: DeviceProfile
+    context: int
+    model_source: str = ""
+    engine: str = "reference"
+    dense_type: str = "bf16"
+    kv_type: str = "f16"
+    trace: Trace | None = None
+    trace_source: str = ""
+    calibration: Calibration = field(default_factory=Calibration)
+    prompt_tokens: int = DEFAULT_PROMPT_TOKENS
+    use_mmap: bool | None = None  # llamacpp only; None lets the planner choose
+
+    def __post_init__(self) -> None:
+        engine_traits(self.engine)
+        if self.dense_type not in DENSE_TYPES:
+            raise UsageError(f"unknown dense type {self.dense_type!r} (choose from {', '.join(DENSE_TYPES)})")
+        if self.kv_type not in KV_TYPES:
+            raise UsageError(f"unknown KV type {self.kv_type!r} (choose from {', '.join(KV_TYPES)})")
+        if not 1 <= self.context <= self.spec.max_position_embeddings:
+            raise UsageError(f"--context {self.context}: must lie in 1..{self.spec.max_position_embeddings}")
+        if self.prompt_tokens < 1:
+            raise UsageError(f"prompt tokens must be positive, got {self.prompt_tokens}")
+        t = self.trace
+        if t is not None and (t.num_layers, t.num_experts, t.top_k) != (self.spec.num_hidden_layers,
+                                                                self.spec.num_local_experts,
+                                                                self.spec.num_experts_per_tok):
+            raise UsageError(f"trace has {t.num_layers} layers x {t.num_experts} experts, top-{t.top_k}; the model has "
+                             f"{self.spec.num_hidden_layers} x {self.spec.num_local_experts}, "
+                             f"top-{self.spec.num_experts_per_tok}")
+
+    def replace(self, **changes) -> "PlanRequest":
+        return dataclasses.replace(self, **changes)
+
+
+def reserve_bytes(budget: int) -> int:
+    return max(RESERVE_MIN_BYTES, int(RESERVE_FRACTION * budget))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One configuration's memory against the device: whether it fits, why not, and how many expert slots
+    (and, for llama.cpp, which CPU/GPU split) it leaves; experts are placed only for the plan itself."""
+
+    fits: bool
+    memory: dict
+    reason: str = ""
+    resident_slots: int = 0
+    llamacpp: dict | None = None  # n_gpu_layers, n_cpu_moe, use_mmap, dense_on_gpu
+
+
+# ---- fitting ----------------------------------------------------------------------------------------------
+def _memory_section(parts: dict, kv, ram_bytes: int, gpu_bytes: int, budget: int, gpu_budget: int,
+                    repack: int) -> dict:
+    """The five parts, their exact total, where they live, and the budget they are held against."""
+    return {**parts, "total_bytes": sum(parts.values()), "ram_bytes": ram_bytes, "gpu_bytes": gpu_bytes,
+            "app_budget_bytes": budget, "headroom_bytes": budget - ram_bytes, "reserve_bytes": reserve_bytes(budget),
+            "gpu_budget_bytes": gpu_budget, "kv_full_bytes": kv.full_bytes, "kv_sliding_bytes": kv.sliding_bytes,
+            "repack_copy_bytes": repack}
+
+
+def _parts(dense: int, kv, scratch: int, overhead: int, experts: int) -> dict:
+    return {"dense_bytes": dense, "kv_cache_bytes": kv.total_bytes, "scratch_bytes": scratch,
+            "engine_overhead_bytes": overhead, "resident_expert_bytes": experts}
+
+
+def fit(req: PlanRequest) -> Fit:
+    """Memory of `req` on its device, without placing experts (cheap: used to search alternatives)."""
+    return _fit_reference(req) if req.engine == "reference" else _fit_llamacpp(req)
+
+
+def _fit_reference(req: PlanRequest) -> Fit:
+    """The reference runtime: dense weights, KV and scratch resident; experts fill what is left."""
+    spec, device = req.spec, req.device
+    w = weight_bytes(spec, req.dense_type, "reference")
+    kv = kv_cache(spec, req.context, req.kv_type, "reference")
+    scratch = scratch_bytes(spec, req.context, "reference", w.expert)
+    overhead = overhead_bytes("reference", device.platform)
+    budget = device.app_budget_bytes
+    fixed = w.dense + kv.total_bytes + scratch + overhead
+    expert_budget = budget - reserve_bytes(budget) - fixed
+    slots = max(0, min(w.layers * w.experts_per_layer, expert_budget // w.expert))
+    memory = _memory_section(_parts(w.dense, kv, scratch, overhead, slots * w.expert), kv,
+                             ram_bytes=fixed + slots * w.expert, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
+    if slots < 1:
+        return Fit(False, memory, f"dense weights, KV cache, scratch and runtime need {human(fixed)}, one "
+                                  f"expert {human(w.expert)}, and {human(reserve_bytes(budget))} stays free; "
+                                  f"the app budget is {human(budget)}")
+    return Fit(True, memory, resident_slots=int(slots))
+
+
+def _fit_llamacpp(req: PlanRequest) -> Fit:
+    """llama.cpp: every expert resident. With a GPU, dense weights, KV and compute go to the GPU (the token
+    embedding stays on the host) and the experts of the first n_cpu_moe layers stay in host RAM so the rest
+    fit in GPU memory (the host then needs a compute buffer of its own for those layers); a unified GPU's
+    memory is part of RAM and capped by its working-set limit."""
+    spec, device = req.spec, req.device
+    w = weight_bytes(spec, req.dense_type, "llamacpp")
+    kv = kv_cache(spec, req.context, req.kv_type, "llamacpp")
+    scratch = scratch_bytes(spec, req.context, "llamacpp", w.expert)
+    host_overhead = overhead_bytes("llamacpp", device.platform)
+    budget, layers = device.app_budget_bytes, spec.num_hidden_layers
+    gpu_overhead = GPU_CONTEXT_BYTES if device.has_gpu and not device.gpu_unified else 0
+    gpu_budget = device.gpu_memory_bytes - reserve_bytes(device.gpu_memory_bytes) if device.has_gpu else 0
+    gpu_fixed = (w.dense - w.embedding) + kv.total_bytes + scratch + gpu_overhead
+    dense_on_gpu = device.has_gpu and gpu_fixed <= gpu_budget
+    if dense_on_gpu:
+        n_cpu_moe = cpu_moe_layers(layers, gpu_budget - gpu_fixed, w.expert_layer)
+        gpu_bytes = gpu_fixed + (layers - n_cpu_moe) * w.expert_layer
+    else:
+        n_cpu_moe, gpu_bytes, gpu_overhead = layers, 0, 0
+    cpu_experts = n_cpu_moe * w.expert_layer
+    use_mmap = (cpu_experts == 0) if req.use_mmap is None else req.use_mmap
+    repack = cpu_experts if use_mmap else 0  # mapped file pages and the repacked anonymous copy, both resident
+    host_scratch = scratch if dense_on_gpu and n_cpu_moe else 0
+    parts = _parts(w.dense, kv, scratch + host_scratch, host_overhead + gpu_overhead + repack, w.experts_total)
+    total = sum(parts.values())
+    ram_bytes = total if device.gpu_unified or not dense_on_gpu else total - gpu_bytes
+    memory = _memory_section(parts, kv, ram_bytes=ram_bytes, gpu_bytes=gpu_bytes, budget=budget,
+                             gpu_budget=gpu_budget, repack=repack)
+    settings = {"n_gpu_layers": LLAMACPP_ALL_LAYERS if dense_on_gpu else 0,
+                "n_cpu_moe": n_cpu_moe if dense_on_gpu else 0, "use_mmap": use_mmap, "dense_on_gpu": dense_on_gpu,
+                "gpu_expert_layers": layers - n_cpu_moe if dense_on_gpu else 0}
+    if ram_bytes + reserve_bytes(budget) > budget:
+        where = "host RAM" if dense_on_gpu and not device.gpu_unified else "RAM"
+        return Fit(False, memory, f"llama.cpp keeps every expert resident: {human(ram_bytes)} of {where} plus "
+                                  f"{human(reserve_bytes(budget))} free exceeds the app budget of {human(budget)}",
+                   llamacpp=settings)
+    return Fit(True, memory, resident_slots=layers * spec.num_local_experts, llamacpp=settings)
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------
+def make_plan(req: PlanRequest) -> dict:
+    result = fit(req)
+    plan = {"format": FORMAT, "version": VERSION, "model": _model_section(req), "device": _device_section(req.device),
+            "engine": req.engine, "context": req.context, "fits": result.fits, "fits_in_ram": False,
+            "memory": result.memory, "experts": None, "prediction": None, "engines": None,
+            "alternatives": [], "advice": []}
+    if not result.fits:
+        plan["alternatives"] = alternatives(req)
+        plan["advice"] = _does_not_fit_advice(req, result, plan["alternatives"])
+        return plan
+    placement, prediction = _place_and_predict(req, result)
+    total = req.spec.num_hidden_layers * req.spec.num_local_experts
+    plan["fits_in_ram"] = placement.slots == total
+    plan["experts"] = _experts_section(req, placement)
+    plan["prediction"] = prediction.as_dict() | {"calibration": dataclasses.asdict(req.calibration)}
+    plan["engines"] = engine_settings(req, placement)
+    if not plan["fits_in_ram"]:
+        plan["alternatives"] = alternatives(req)
+    plan["advice"] = _advice(req, plan, prediction)
+    return plan
+
+
+def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, Prediction]:
+    spec = req.spec
+    w = weight_bytes(spec, req.dense_type, req.engine)
+    kv = kv_cache(spec, req.context, req.kv_type, req.engine)
+    placement = place_experts(result.resident_slots, spec.num_hidden_layers, spec.num_local_experts,
+                              spec.num_experts_per_tok, req.trace)
+    if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
+        misses = 0.0
+    elif req.trace is not None:
+        misses = replay(req.trace, "plan", placement.pinned, placement.cache_slots, placement.order,
+                        w.expert).misses_per_token
+    else:
+        misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
+    settings = result.llamacpp or {}
+    layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
+                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses,
+                    prefill_chunk=engine_traits(req.engine).prefill_chunk)
+    resident = w.dense + result.memory["resident_expert_bytes"]
+    return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
+
+
+def _model_section(req: PlanRequest) -> dict:
+    spec = req.spec
+    w = weight_bytes(spec, req.dense_type, req.engine)
+    return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
+            "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
+            "expert_bytes": w.expert, "dense_type": req.dense_type, "kv_type": req.kv_type,
+            "weight_bytes": w.dense + w.experts_total}
+
+
+def _device_section(d: DeviceProfile) -> dict:
+    return {"name": d.name, "description": d.description, "platform": d.platform, "cpu_arch": d.cpu_arch,
+            "ram_bytes": d.ram_bytes, "app_budget_bytes": d.app_budget_bytes, "gpu_memory_bytes": d.gpu_memory_bytes,
+            "gpu_unified": d.gpu_unified, "memory_bandwidth_gb_s": d.memory_bandwidth_gb_s,
+            "flash_seq_read_mb_s": d.flash_seq_read_mb_s, "max_file_bytes": d.max_file_bytes}
+
+
+def _per_layer(values: np.ndarray) -> dict[str, list]:
+    return {str(layer): row for layer, row in enumerate(values.tolist())}
+
+
+def _experts_section(req: PlanRequest, p: ExpertPlacement) -> dict:
+    w = weight_bytes(req.spec, req.dense_type, req.engine)
+    total = p.pinned.size
+    return {"pinned": p.pinned_ids(), "cache_slots": p.cache_slots, "budget_bytes": p.slots * w.expert,
+            "resident_slots": p.slots, "total_experts": total, "resident_fraction": p.slots / total,
+            "on_flash": p.on_flash_ids(), "order": _per_layer(p.order), "popularity": _per_layer(p.popularity),
+            "popularity_source": req.trace_source or ("trace" if req.trace is not None else "uniform")}
+
+
+# ---- engine settings --------------------------------------------------------------------------------------
+def llamacpp_settings(req: PlanRequest) -> dict:
+    """llama.cpp settings for the device (every expert resident; per-layer CPU/GPU split)."""
+    result = _fit_llamacpp(req)
+    s = result.llamacpp
+    n_ctx = kv_cache(req.spec, req.context, req.kv_type, "llamacpp").full_cells
+    kv_ggml = {"bf16": "bf16", "f16": "f16", "f32": "f32", "q8_0": "q8_0"}[req.kv_type]
+    flags = ["-c", str(n_ctx), "-ngl", str(s["n_gpu_layers"]), "-fa", "on", "-t", str(req.device.cpu_threads),
+             "-ctk", kv_ggml, "-ctv", kv_ggml]
+    if s["n_cpu_moe"]:
+        flags += ["--n-cpu-moe", str(s["n_cpu_moe"])]
+    if not s["use_mmap"]:
+        flags.append("--no-mmap")
+    cpu_layers = range(s["n_cpu_moe"]) if s["dense_on_gpu"] else ()
+    override = ([r"blk\.(" + "|".join(map(str, cpu_layers)) + r")\.ffn_(up|down|gate)_exps=CPU"]
+                if cpu_layers else [])
+    return {"n_ctx": n_ctx, "n_gpu_layers": s["n_gpu_layers"], "n_cpu_moe": s["n_cpu_moe"],
+            "use_mmap": s["use_mmap"], "use_mlock": False, "flash_attn": True, "swa_full": False,
+            "n_ubatch": engine_traits("llamacpp").prefill_chunk, "n_threads": req.device.cpu_threads,
+            "type_k": kv_ggml, "type_v": kv_ggml, "override_tensors": override, "flags": flags,
+            "fits": result.fits, "ram_bytes": result.memory["ram_bytes"], "gpu_bytes": result.memory["gpu_bytes"]}
+
+
+def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
+    w = weight_bytes(req.spec, req.dense_type, "reference")
+    discrete_gpu = req.device.has_gpu and not req.device.gpu_unified
+    return {
+        "llamacpp": llamacpp_settings(req.replace(engine="llamacpp")),
+        "ortgenai": {"max_length": req.context, "past_present_share_buffer": True,
+                     "provider": "cuda" if discrete_gpu else "cpu",
+                     "search": {"max_length": req.context, "past_present_share_buffer": True}},
+        "reference": {"memory_budget": placement.slots * w.expert, "pinned": placement.pinned_ids(),
+                      "cache_slots": placement.cache_slots,
+                      "prefill_chunk": engine_traits("reference").prefill_chunk, "dense_type": req.dense_type,
+                      "kv_type": req.kv_type, "flags": ["--plan", "plan.json"]},
+    }
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
+def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profile") -> Calibration:
+    """Efficiencies that make the roofline reproduce a measured decode speed (`edgeoss profile --json` of the
+    same engine on the device). Flash time is predicted from the measured expert bytes per decoded token; the
+    rest of the measured time fixes one factor r that scales the memory and compute efficiencies alike, so
+    the non-flash part of the prediction becomes exactly the measured one (at the profile's context)."""
+    try:
+        measured_s = 1.0 / float(result["decode_tok_s"]["median"])
+        context = int(result["prompt_tokens"]) + int(result["gen_tokens"])
+        stats = result.get("engine_stats") or {}
+        read_per_token = float(stats.get("decode_bytes_read_per_token", result["disk_read_bytes_per_decode_token"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise UsageError(f"{where}: not an `edgeoss profile --json` result ({e!r} missing or invalid)") from None
+    if result.get("engine") != req.engine:
+        raise UsageError(f"{where}: measured the {result.get('engine')!r} engine; the plan is for {req.engine!r}")
+    at = req.replace(context=min(max(1, context), req.spec.max_position_embeddings), calibration=Calibration())
+    w = weight_bytes(at.spec, at.dense_type, at.engine)
+    settings = fit(at).llamacpp or {}
+    layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
+                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=read_per_token / w.expert,
+                    prefill_chunk=engine_traits(at.engine).prefill_chunk)
+    p = predict(at.spec, w, kv_cache(at.spec, at.context, at.kv_type, at.engine), at.device, layout, 0, 1,
+                at.calibration)
+    r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
+    base = at.calibration
+    return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
+                               compute_efficiency=min(1.0, base.compute_efficiency * r))
+
+
+def load_calibration(path: str | Path, req: PlanRequest) -> Calibration:
+    """`--calibrate FILE`: explicit efficiencies, or an `edgeoss profile --json` result to fit them to."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such calibration file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "decode_tok_s" in data:
+        return calibration_from_profile(req, data, str(path))
+    return Calibration.from_dict(data, str(path))
+
+
+# ---- alternatives and advice ------------------------------------------------------------------------------
+CONTEXT_STEP = 256
+
+
+def largest_context(req: PlanRequest) -> int:
+    """The longest context (a multiple of 256, at most the requested one) that fits; 0 if none does."""
+    lo, hi = 0, req.context // CONTEXT_STEP
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fit(req.replace(context=mid * CONTEXT_STEP)).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * CONTEXT_STEP
+
+
+def _candidate_changes(req: PlanRequest) -> list[tuple[str, str, PlanRequest]]:
+    """(description, flag, changed request) for every single change worth trying, smallest first."""
+    changes = []
+    for name, size in sorted(DENSE_TYPES.items(), key=lambda kv: -kv[1]):
+        if size < DENSE_TYPES[req.dense_type] and name != "f16":
+            changes.append((f"dense weights in {name}", f"--dense-type {name}", req.replace(dense_type=name)))
+    for name, size in sorted(KV_TYPES.items(), key=lambda kv: -kv[1]):
+        if size < KV_TYPES[req.kv_type] and name != "bf16":
+            changes.append((f"KV cache in {name}", f"--kv-type {name}", req.replace(kv_type=name)))
+    context = largest_context(req)
+    if 0 < context < req.context:
+        changes.append((f"context {context}", f"--context {context}", req.replace(context=context)))
+    if req.engine == "llamacpp":
+        changes.append(("stream experts from flash (reference runtime)", "--engine reference",
+                        req.replace(engine="reference", use_mmap=None)))
+    return changes
+
+
+def alternatives(req: PlanRequest) -> list[dict]:
+    """Single changes that fit, with their predicted decode speed and RAM."""
+    found = []
+    for description, flag, changed in _candidate_changes(req):
+        result = fit(changed)
+        if not result.fits:
+            continue
+        _, prediction = _place_and_predict(changed, result)
+        found.append({"change": description, "flag": flag, "fits": True, "decode_tok_s": prediction.decode_tok_s,
+                      "misses_per_token": prediction.misses_per_token, "ram_bytes": result.memory["ram_bytes"],
+                      "resident_fraction": result.resident_slots / changed.spec.num_hidden_layers
+                      / changed.spec.num_local_experts})
+    return found
+
+
+def _does_not_fit_advice(req: PlanRequest, result: Fit, found: list[dict]) -> list[str]:
+    advice = [f"does not fit on {req.device.name} with the {req.engine} engine: {result.reason}"]
+    if found:
+        best = found[0]
+        advice.append(f"smallest change that fits: {best['flag']} ({best['change']}: "
+                      f"{human(best['ram_bytes'])} RAM, {best['decode_tok_s']:.1f} tok/s predicted)")
+        advice += [f"also fits: {a['flag']} ({a['decode_tok_s']:.1f} tok/s)" for a in found[1:]]
+    else:
+        advice.append("no single change (dense type, KV type, context, engine) makes it fit this device")
+    return advice
+
+
+def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
+    advice = []
+    spec, experts = req.spec, plan["experts"]
+    w = weight_bytes(spec, req.dense_type, req.engine)
+    if not plan["fits_in_ram"]:
+        advice.append(
+            f"does not fit in RAM: {human(w.dense + w.experts_total)} of weights, {human(req.device.app_budget_bytes)} "
+            f"app budget; {experts['resident_slots']} of {experts['total_experts']} experts "
+            f"({100 * experts['resident_fraction']:.0f} %) stay resident and the rest stream from flash: "
+            f"{p.misses_per_token:.1f} misses/token = {p.miss_bytes_per_token / 1e6:.0f} MB/token, "
+            f"{1e3 * p.flash_s_per_token:.0f} ms/token of flash reads -> {p.decode_tok_s:.2f} tok/s predicted")
+        faster = [a for a in plan["alternatives"] if a["decode_tok_s"] > p.decode_tok_s]
+        advice += [f"faster: {a['flag']} ({a['change']}: {100 * a['resident_fraction']:.0f} % resident, "
+                   f"{a['decode_tok_s']:.2f} tok/s predicted)" for a in faster]
+        if max([p.decode_tok_s] + [a["decode_tok_s"] for a in faster]) < SLOW_TOK_S:
+            advice.append(f"{p.decode_tok_s:.2f} tok/s is below what users accept as usable "
+                          f"(~{SLOW_TOK_S:g} tok/s); a smaller model or a device with more RAM fits better")
+    llamacpp = plan["engines"]["llamacpp"]
+    if req.engine == "reference" and llamacpp["fits"]:
+        advice.append(f"llama.cpp can hold the whole model here: {' '.join(llamacpp['flags'])}")
+    if req.engine == "llamacpp" and plan["memory"]["repack_copy_bytes"]:
+        advice.append(f"use_mmap costs a second copy of {human(plan['memory']['repack_copy_bytes'])} of experts "
+                      "(llama.cpp repacks MXFP4 on AVX2/NEON CPUs); --no-mmap loads them once")
+    limit = req.device.max_file_bytes
+    if limit is not None and w.dense + w.experts_total > limit:
+        shards = -(-(w.dense + w.experts_total) // limit)
+        advice.append(f"the weights ({human(w.dense + w.experts_total)}) exceed the largest file this device's "
+                      f"app storage accepts ({human(limit)}): split them into {shards}+ files "
+                      f"(GGUF: export with --split-max-size {limit})")
+    return advice
+
+
+# ---- files ------------------------------------------------------------------------------------------------
+REQUIRED_KEYS = ("format", "version", "model", "device", "engine", "context", "fits", "memory", "experts",
+                 "prediction", "engines", "advice")
+
+
+def write_plan(path: str | Path, plan: dict) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(plan, indent=2) + "\n")
+    return path
+
+
+def read_plan(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        plan = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such plan file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT:
+        raise UsageError(f"{path}: not an edgeoss plan (format is not {FORMAT!r})")
+    if plan.get("version") != VERSION:
+        raise UsageError(f"{path}: plan version {plan.get('version')!r}; this edgeoss reads version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in plan]
+    if missing:
+        raise UsageError(f"{path}: plan has no {missing[0]!r}")
+    return plan
+
+
+# ---- evaluation -------------------------------------------------------------------------------------------
+CURVE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def plan_arrays(plan: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pinned mask, order and popularity [layers, experts] from a plan's experts section."""
+    layers, experts = plan["model"]["layers"], plan["model"]["experts_per_layer"]
+    pinned = np.zeros((layers, experts), dtype=bool)
+    for layer, ids in plan["experts"]["pinned"].items():
+        pinned[int(layer), ids] = True
+    order = np.array([plan["experts"]["order"][str(layer)] for layer in range(layers)], dtype=np.int64)
+    popularity = np.array([plan["experts"]["popularity"][str(layer)] for layer in range(layers)])
+    return pinned, order, popularity
+
+
+def evaluate(plan: dict, trace: Trace, fractions: tuple[float, ...] = CURVE_FRACTIONS) -> dict:
+    """Replay `trace` through the plan, LRU, LFU and Belady at the plan's slot count, and a curve of misses per
+    token against the resident fraction (the plan re-made at each budget from its own popularity, with the
+    same share of cache slots)."""
+    if not plan["fits"] or not plan["experts"]:
+        raise UsageError("the plan does not fit its device; there is nothing to evaluate")
+    model = plan["model"]
+    if (trace.num_layers, trace.num_experts, trace.top_k) != (model["layers"], model["experts_per_layer"],
+                                                               model["experts_per_token"]):
+        raise UsageError(f"trace has {trace.num_layers} layers x {trace.num_experts} experts, top-{trace.top_k}; the "
+                         f"plan's model has {model['layers']} x {model['experts_per_layer']}, "
+                         f"top-{model['experts_per_token']}")
+    pinned, order, popularity = plan_arrays(plan)
+    cache_slots, expert_bytes = plan["experts"]["cache_slots"], model["expert_bytes"]
+    at_plan = compare(trace, pinned, cache_slots, order, expert_bytes)
+    cache_share = cache_slots / max(1, plan["experts"]["resident_slots"])
+    curve = []
+    for fraction in fractions:
+        slots = int(round(fraction * pinned.size))
+        cache = int(round(cache_share * slots))
+        f_pinned = most_popular(popularity, slots - cache)
+        replays = compare(trace, f_pinned, cache, hot_order(popularity, f_pinned), expert_bytes)
+        curve.append({"resident_fraction": fraction, "slots": slots,
+                      **{policy: r.misses_per_token for policy, r in replays.items()}})
+    return {"tokens": trace.num_tokens, "slots": int(pinned.sum()) + cache_slots,
+            "resident_fraction": plan["experts"]["resident_fraction"],
+            "policies": {policy: r.as_dict() for policy, r in at_plan.items()},
+            "predicted_misses_per_token": plan["prediction"]["misses_per_token"], "curve": curve}
+
+
+def plot_curve(result: dict, path: str | Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [row["resident_fraction"] for row in result["curve"]]
+    for policy, style in (("none", ":"), ("lru", "--"), ("lfu", "-."), ("plan", "-"), ("belady", "-")):
+        ax.plot(xs, [row[policy] for row in result["curve"]], style, marker="o", ms=3, label=policy)
+    ax.plot([result["resident_fraction"]], [result["policies"]["plan"]["misses_per_token"]], "k*", ms=12,
+            label="this plan")
+    ax.set_xlabel("resident fraction of experts")
+    ax.set_ylabel("expert misses per token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
