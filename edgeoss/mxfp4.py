@@ -107,3 +107,14 @@ def from_ggml(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scales, qs = grouped[..., 0], grouped[..., 1:]
     codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
     return pack_codes(codes), np.ascontiguousarray(scales)
+
+
+def to_int8(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MXFP4 -> (q uint8 [..., G*32], float32 scales [..., G]) with (q - 128) * scale == the MXFP4 value exactly.
+
+    2 * E2M1 is an integer in [-12, 12], so q = 128 + 2 * fp4 with scale 2^(s - 128) is the same number: ONNX
+    Runtime's 8-bit block quantization (block 32, implicit zero point 128) with no value rounded.
+    """
+    q = (128 + 2 * FP4_VALUES).astype(np.uint8)[unpack_codes(blocks)]
+    scale = np.ldexp(np.float32(1.0), scales.astype(np.int32) - SCALE_BIAS - 1).astype(np.float32)
+    return q.reshape(*scales.shape[:-1], scales.shape[-1] * BLOCK), scale

@@ -1,0 +1,44 @@
+"""`edgeoss export onnx`: a checkpoint as an ONNX folder for ONNX Runtime and onnxruntime-genai."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from ._common import err
+
+
+@click.command("onnx")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="the folder to write (model.onnx + model.onnx.data + genai_config.json + tokenizer files)")
+@click.option("--experts", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="int8: the MXFP4 values exactly (9 bits/weight in RAM); int4: half the RAM, lossy "
+                   "(least-squares scale per block; the measured error is printed)")
+@click.option("--max-length", type=int,
+              help="tokens onnxruntime-genai preallocates the KV cache for (search.max_length) "
+                   "[default: the plan's context, else 4096]")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path),
+              help="a plan.json (edgeoss plan): its ortgenai max_length / context sets --max-length "
+                   "(QMoE keeps every expert resident, so the plan's expert order is not needed)")
+@click.option("--force", is_flag=True, help="replace OUTPUT if it exists")
+def onnx(checkpoint: Path, out: Path, experts: str, max_length: int | None, plan_path: Path | None,
+         force: bool) -> None:
+    """Write CHECKPOINT as an ONNX folder (GroupQueryAttention with sinks, QMoE experts, genai_config.json)."""
+    from ..exporters.onnx import DEFAULT_MAX_LENGTH, export_onnx, plan_max_length
+    from ..units import human
+
+    if max_length is None:
+        max_length = (plan_max_length(plan_path) if plan_path else None) or DEFAULT_MAX_LENGTH
+    report = export_onnx(checkpoint, out, experts=experts, max_length=max_length, force=force)
+    click.echo(str(report.path))
+    line = f"wrote {escape(str(report.path))}: {human(report.nbytes)} in {report.seconds:.1f} s, experts {experts}"
+    if report.weight_error:
+        e = report.weight_error
+        line += (f" (lossy: weight error rms {e['rms_error']:.3g}, relative {e['relative_rms_error']:.2%}, "
+                 f"max {e['max_abs_error']:.3g})")
+    else:
+        line += " (exact; parity runs need ORT_QMOE_CPU_QNBIT_GEMM=fp32, which the onnxruntime engine sets)"
+    err.print(line, highlight=False)
