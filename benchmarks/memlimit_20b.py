@@ -1,0 +1,245 @@
+"""gpt-oss under a phone's memory budget, page cache charged: tok/s, peak memory, flash reads, killed or not.
+
+    python benchmarks/memlimit_20b.py /work/bench/20b-hf [--gguf 20b.gguf] [--device pixel-9-pro]
+        [--limits 4GiB,6GiB,8GiB,12GiB] [--prompt-tokens 32] [--gen-tokens 16] [--out memlimit-20b]
+
+Every run is one engine, loaded cold (its files evicted from the page cache first) in a fresh process inside a
+memory cgroup limited to the budget (`edgeoss.memlimit`): anonymous memory AND the page cache of the weights
+count, as on a phone. Budgets: the device profile's app budget and each --limits value. Settings:
+- llama.cpp, mmap (its default), experts repacked: x86 copies the MXFP4 experts into anonymous memory at load;
+- llama.cpp, mmap, no repack (`--no-repack`): the experts stay file-backed (reclaimable page cache);
+- llama.cpp with the plan's settings for that budget (`edgeoss.plan`; on a CPU-only device: no mmap, so the
+  experts are read once into the repacked buffer);
+- the reference runtime with the plan's pinned experts and expert budget (a budget the plan says cannot hold
+  the dense weights is listed as "plan: does not fit", not run).
+llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, and this machine's cores; the
+plan's columns give its predicted fit, RAM and decode speed for the device. A setting whose piece is missing
+(no GGUF, no llama-cpp-python, no edgeoss.plan, no reference runtime) is skipped and named.
+
+Prints a table, writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
+a killed run is drawn at 0). Needs root and a cgroup memory controller (exit 2 with the reason otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import machine  # noqa: E402
+
+from rich.console import Console  # noqa: E402
+
+from edgeoss.checkpoint import Checkpoint  # noqa: E402
+from edgeoss.errors import EdgeossError  # noqa: E402
+from edgeoss.memlimit import cgroups_available, run_profile_limited  # noqa: E402
+from edgeoss.units import human, parse_size  # noqa: E402
+
+console = Console(stderr=True)  # progress; the results go to stdout
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    engine: str
+    artifact: Path
+    options: dict[str, Any] = field(default_factory=dict)
+    planned: dict[str, Any] | None = None  # the planner's fit and prediction for this budget
+    runnable: bool = True  # False: the plan says the engine cannot start (nothing to measure)
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str, args: argparse.Namespace):
+    """edgeoss.plan's request for this model on `device` with the app budget set to `budget`."""
+    from edgeoss.plan import PlanRequest
+
+    device = replace(device, app_budget_bytes=budget, ram_bytes=max(device.ram_bytes, budget))
+    return PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
+                       prompt_tokens=args.prompt_tokens)
+
+
+def llamacpp_options(planned: dict) -> dict[str, Any]:
+    """The plan's llama.cpp settings as LlamaCppEngine options (threads: this machine's; no GPU here)."""
+    overrides = dict(o.rsplit("=", 1) for o in planned["override_tensors"])
+    return {"n_ctx": planned["n_ctx"], "use_mmap": planned["use_mmap"], "flash_attn": planned["flash_attn"],
+            "f32_kv": planned["type_k"] == "f32", "cpu_moe_layers": planned["n_cpu_moe"] or None,
+            "tensor_overrides": overrides or None}
+
+
+def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argparse.Namespace,
+             skipped: dict[str, str]) -> list[Setting]:
+    """What runs at this budget; a setting that cannot run is recorded in `skipped` (label -> why)."""
+    runs = []
+    spec = Checkpoint.open(hf).spec
+    llama = gguf is not None and have("llama_cpp") and have("edgeoss.runtimes.llamacpp")
+    why_not_llama = "no GGUF" if gguf is None else "llama-cpp-python or edgeoss.runtimes.llamacpp missing"
+    common = {"n_ctx": args.context, "use_mmap": True, "f32_kv": False}  # llama.cpp's own defaults: f16 KV
+    for label, options in (("llama.cpp mmap + repack (default)", {**common, "repack": True}),
+                           ("llama.cpp mmap, no repack", {**common, "repack": False})):
+        if llama:
+            runs.append(Setting(label, "llamacpp", gguf, options))
+        else:
+            skipped[label] = why_not_llama
+    why_not_plan = ("edgeoss.plan missing" if not have("edgeoss.plan") else
+                    "no device profile (--device none)" if device is None else None)
+    if why_not_plan or not llama:
+        skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
+    else:
+        from edgeoss.plan import llamacpp_settings
+
+        planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
+        runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, llamacpp_options(planned),
+                            {"fits": planned["fits"], "ram_bytes": planned["ram_bytes"]}))
+    if why_not_plan or not have("edgeoss.runtimes.reference"):
+        skipped["reference + plan"] = why_not_plan or "edgeoss.runtimes.reference missing"
+        return runs
+    from edgeoss.plan import make_plan, write_plan
+
+    plan = make_plan(plan_request(spec, hf, device, budget, "reference", args))
+    predicted = {"fits": plan["fits"], "ram_bytes": plan["memory"]["ram_bytes"],
+                 "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s")}
+    if not plan["fits"]:
+        runs.append(Setting("reference + plan", "reference", hf, {}, predicted, runnable=False))
+        return runs
+    path = write_plan(args.out / "plans" / f"reference-{budget}.json", plan)
+    runs.append(Setting("reference + plan", "reference", hf, {"plan": str(path)}, predicted))
+    return runs
+
+
+def not_run(setting: Setting, budget: int) -> dict[str, Any]:
+    """A row for a setting the planner says cannot start at this budget (nothing to measure)."""
+    return {"setting": setting.label, "engine": setting.engine, "options": setting.options, "budget_bytes": budget,
+            "outcome": "plan: does not fit", "planned": setting.planned, "peak_bytes": 0, "read_bytes": 0,
+            "wall_s": 0.0, "load_avg_before": os.getloadavg()[0], "load_s": None, "decode_tok_s": 0.0,
+            "prefill_tok_s": 0.0, "flash_bytes_per_token": None}
+
+
+def one_run(setting: Setting, budget: int, args: argparse.Namespace) -> dict[str, Any]:
+    if not setting.runnable:
+        return not_run(setting, budget)
+    load = os.getloadavg()[0]
+    run = run_profile_limited(setting.engine, setting.artifact, budget, options=setting.options,
+                              prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
+                              warmup=False, timeout=args.timeout)
+    profile = run.result or {}
+    outcome = ("killed (OOM)" if run.killed else "timed out" if run.timed_out
+               else "ok" if run.ok else f"failed ({run.returncode})")
+    return {
+        "setting": setting.label, "engine": setting.engine, "options": setting.options, "budget_bytes": budget,
+        "outcome": outcome, "planned": setting.planned, "peak_bytes": run.peak_bytes,
+        "page_cache_bytes_at_end": run.page_cache_bytes, "read_bytes": run.read_bytes, "major_faults": run.major_faults, "wall_s": run.wall_s,
+        "cold_resident_bytes": run.cold_resident_bytes, "load_avg_before": load,
+        "load_s": profile.get("load_s"),
+        "decode_tok_s": profile.get("decode_tok_s", {}).get("median", 0.0),
+        "prefill_tok_s": profile.get("prefill_tok_s", {}).get("median", 0.0),
+        "flash_bytes_per_token": profile.get("disk_read_bytes_per_decode_token"),
+        "engine_stats": profile.get("engine_stats"),
+        "stderr_tail": "" if run.ok else run.stderr[-1500:],
+    }
+
+
+def planned_cell(planned: dict[str, Any] | None) -> str:
+    if planned is None:
+        return "-"
+    speed = planned.get("decode_tok_s")
+    return (f"{'fits' if planned['fits'] else 'does not fit'}, {human(planned['ram_bytes'])}"
+            + ("" if speed is None else f", {speed:.2f}"))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    cols = ("setting", "budget", "result", "peak", "decode tok/s", "prefill tok/s", "load s", "flash MB/token",
+            "read total", "wall s", "load avg", "plan: fits, RAM, tok/s")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        flash = r["flash_bytes_per_token"]
+        cells = (r["setting"], human(r["budget_bytes"]), r["outcome"], human(r["peak_bytes"]),
+                 f"{r['decode_tok_s']:.2f}", f"{r['prefill_tok_s']:.2f}",
+                 "-" if r["load_s"] is None else f"{r['load_s']:.1f}",
+                 "-" if flash is None else f"{flash / 1e6:.1f}", human(r["read_bytes"]), f"{r['wall_s']:.1f}",
+                 f"{r['load_avg_before']:.2f}", planned_cell(r["planned"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> Path:
+    from edgeoss.plots import speed_vs_budget
+
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        curves.setdefault(r["setting"], []).append((r["budget_bytes"], r["decode_tok_s"]))
+    return speed_vs_budget(curves, out, title="gpt-oss decode speed vs memory budget (page cache charged)")
+
+
+def gguf_path(args: argparse.Namespace) -> Path | None:
+    """The GGUF to run: --gguf if it exists, else exported there (or into --out) with edgeoss's exporter."""
+    target = args.gguf or args.out / f"{Checkpoint.open(args.hf).spec.name}.gguf"
+    if target.exists():
+        return target
+    if not have("edgeoss.exporters.gguf"):
+        return None
+    from edgeoss.exporters.gguf import export_gguf
+
+    console.print(f"exporting {args.hf} -> {target}")
+    return export_gguf(args.hf, target)[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("hf", type=Path, help="checkpoint folder (HF layout)")
+    ap.add_argument("--gguf", type=Path, help="its GGUF (exported there if missing)")
+    ap.add_argument("--device", default="pixel-9-pro", help="profile whose app budget is one of the budgets; "
+                    "'none' for --limits only")
+    ap.add_argument("--limits", default="4GiB,6GiB,8GiB,12GiB")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--gen-tokens", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--context", type=int, default=4096, help="context the plans and llama.cpp's n_ctx are for")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--out", type=Path, default=Path("memlimit-results"))
+    args = ap.parse_args()
+    try:
+        ok, why = cgroups_available()
+        if not ok:
+            raise EdgeossError(why)
+        args.out.mkdir(parents=True, exist_ok=True)
+        budgets = {parse_size(x) for x in args.limits.split(",") if x.strip()}
+        device = None
+        if args.device != "none":
+            from edgeoss.profiles import load_profile
+
+            device = load_profile(args.device)
+            budgets.add(device.app_budget_bytes)
+        gguf = gguf_path(args)
+    except EdgeossError as e:
+        console.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+    print(f"machine: {machine()}\n{why}\ncheckpoint {args.hf}, GGUF {gguf}, device "
+          f"{device.name if device else 'none'} (app budget {human(device.app_budget_bytes) if device else '-'})")
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for budget in sorted(budgets):
+        for setting in settings(args.hf, gguf, device, budget, args, skipped):
+            console.print(f"[dim]{setting.label} @ {human(budget)} ...[/dim]")
+            rows.append(one_run(setting, budget, args))
+            console.print(f"[dim]  {rows[-1]['outcome']}, peak {human(rows[-1]['peak_bytes'])}, "
+                          f"{rows[-1]['decode_tok_s']:.2f} tok/s[/dim]")
+    print(markdown_table(rows))
+    for label, why_not in skipped.items():
+        print(f"skipped {label}: {why_not}")
+    (args.out / "RESULTS.json").write_text(json.dumps({"machine": machine(), "rows": rows, "skipped": skipped},
+                                                       indent=1, default=str))
+    if rows:
+        print(f"plot: {plot(rows, args.out / 'decode_vs_budget.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""`edgeoss run` (chat one prompt through an engine) and `edgeoss logits` (per-position logits to .npy)."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import UsageError
+from ._common import err, out
+
+CHANNEL_STYLES = {"analysis": "dim italic", "commentary": "cyan", "final": "bold"}
+
+
+def _engine_options(engine: str, budget: str | None, plan: Path | None, trace: bool,
+                    emulate: tuple[str, ...]) -> dict:
+    """Options for load_engine; the expert cache, traces and emulations exist in the reference engine only."""
+    from ..units import parse_size
+
+    if engine != "reference":
+        given = [flag for flag, value in (("--memory-budget", budget), ("--plan", plan), ("--trace", trace),
+                                          ("--emulate", emulate)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only the reference engine supports this")
+        return {}
+    from ..runtimes.reference import Emulation
+
+    return {"memory_budget": parse_size(budget) if budget is not None else None, "plan": plan,
+            "trace": trace, "emulation": Emulation.named(emulate)}
+
+
+emulate_option = click.option("--emulate", multiple=True, metavar="NAME",
+                              help="reference engine: reproduce another engine's numerics "
+                                   "(ggml_yarn_rounding, q8_activations, or llamacpp for both)")
+
+
+# ---- run ---------------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="the user message")
+@click.option("--system", help="instructions for the model (harmony's developer message)")
+@click.option("--reasoning", type=click.Choice(["low", "medium", "high"]), default="medium", show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--memory-budget", "budget", metavar="SIZE",
+              help="bytes of experts held in RAM, e.g. 6GiB (default: all, lazily mapped)")
+@click.option("--plan", type=click.Path(path_type=Path),
+              help="plan.json naming experts to pin (its budget_bytes applies unless --memory-budget is given)")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path), help="write the routing trace (.npz)")
+@click.option("--engine", default="reference", show_default=True,
+              help="reference | llamacpp | onnxruntime | ortgenai (the artifact must suit it)")
+@emulate_option
+def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new_tokens: int, temperature: float,
+        top_p: float, seed: int, budget: str | None, plan: Path | None, trace_path: Path | None, engine: str,
+        emulate: tuple[str, ...]) -> None:
+    """Chat one prompt: render harmony, stream the reply by channel, then print speed and cache statistics."""
+    from ..harmony import STOP_TOKENS, CompletionParser, render_prompt
+    from ..runtimes.engine import load_engine
+    from ..runtimes.generate import Sampling, generate
+    from ..tokenizer import get_encoding
+
+    options = _engine_options(engine, budget, plan, trace_path is not None, emulate)
+    sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
+    ids = render_prompt([("user", prompt)], reasoning=reasoning, developer=system)
+    err.print(f"loading {artifact} in the {engine} engine ...", highlight=False)
+    model = load_engine(engine, artifact, **options)
+    try:
+        err.print(f"prompt: {len(ids)} tokens (harmony, reasoning {reasoning}); generating up to "
+                  f"{max_new_tokens} tokens", highlight=False)
+        stream = _Stream(CompletionParser(), get_encoding())
+        result = generate(model, ids, max_new_tokens, sampling, STOP_TOKENS, on_token=stream.token)
+        stream.finish()
+        _print_summary(result, stream.parser, model.stats())
+        if trace_path is not None:
+            from ..runtimes.trace import write_trace
+
+            trace = model.routing_trace()
+            trace.meta.update(prompt_tokens=len(ids), sampling=vars(sampling))
+            write_trace(trace_path, trace)
+            err.print(f"wrote routing trace {trace_path} ({trace.num_tokens} tokens x {trace.num_layers} layers "
+                      f"x top-{trace.top_k})", highlight=False)
+    finally:
+        model.close()
+
+
+class _Stream:
+    """Prints each generated token as it comes: message text under its channel's heading, and everything
+    else the harmony parser does not turn into text (headers, stray tokens) dimmed, as raw text."""
+
+    def __init__(self, parser, encoding):
+        self.parser, self.encoding = parser, encoding
+        self.raw = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.channel: str | None = None
+
+    def token(self, token: int) -> None:
+        delta = self.parser.feed(token)
+        if delta is None:
+            self._write(self.raw.decode(self.encoding.decode_single_token_bytes(token)), "dim")
+            return
+        self.raw.reset()
+        if delta.channel != self.channel:
+            self.channel = delta.channel
+            out.print(f"\n── {self.channel or 'message'} ──", style="magenta", highlight=False)
+        self._write(delta.text, CHANNEL_STYLES.get(self.channel or "", ""))
+
+    def finish(self) -> None:
+        self._write(self.raw.decode(b"", final=True), "dim")
+        out.print()
+
+    @staticmethod
+    def _write(text: str, style: str) -> None:
+        if text:
+            out.print(text, style=style, end="", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_summary(result, parser, stats: dict) -> None:
+    from ..tokenizer import SPECIAL
+    from ..units import human
+
+    names = SPECIAL.names()
+    table = Table(title="generation", show_header=False)
+    table.add_row("prefill", f"{result.prompt_tokens} tokens in {result.prefill_seconds:.2f} s = "
+                             f"{result.prefill_tokens_per_second:.1f} tok/s")
+    table.add_row("decode", f"{result.decode_steps} steps in {result.decode_seconds:.2f} s = "
+                            f"{result.decode_tokens_per_second:.2f} tok/s")
+    stop = names.get(result.stop_token, str(result.stop_token)) if result.stop_token is not None else \
+        "max new tokens reached"
+    table.add_row("generated", f"{len(result.tokens)} tokens, stopped by {stop}")
+    messages = [m for m in parser.messages if m.text]
+    table.add_row("harmony messages", ", ".join(f"{m.channel or 'no channel'} ({len(m.text)} chars"
+                                                f"{'' if m.complete else ', unfinished'})" for m in messages)
+                  or "none (the model wrote no well-formed message)")
+    experts = stats.get("experts")
+    if experts:
+        budget = human(experts["budget_bytes"]) if experts["budget_bytes"] else "none (all experts mapped)"
+        table.add_row("expert cache", f"budget {budget}; {experts['hits']} hits, {experts['misses']} misses "
+                                      f"(hit rate {100 * experts['hit_rate']:.1f} %); pinned "
+                                      f"{experts['pinned_experts']} ({human(experts['pinned_bytes'])})")
+        table.add_row("expert bytes", f"read {human(experts['bytes_read'])}; decode "
+                                      f"{human(stats['decode_bytes_read_per_token'])}/token; resident "
+                                      f"{human(experts['resident_bytes'])}, peak {human(experts['peak_bytes'])}")
+    out.print(table)
+
+
+# ---- logits ------------------------------------------------------------------------------------------------
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        tokens = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise UsageError(f"--tokens {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if not tokens:
+        raise UsageError("--tokens: no token ids given")
+    return tokens
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--engine", default="reference", show_default=True,
+              help="reference | llamacpp | onnxruntime | ortgenai (the artifact must suit it)")
+@click.option("--tokens", "token_list", metavar="1,2,3", help="token ids")
+@click.option("--text", help="text, tokenized with o200k_harmony")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="where to write (.npy)")
+@click.option("--chunk", type=int, help="prefill in chunks of this many tokens (default: one batch)")
+@emulate_option
+def logits(artifact: Path, engine: str, token_list: str | None, text: str | None, out_path: Path,
+           chunk: int | None, emulate: tuple[str, ...]) -> None:
+    """Write float32 logits [T, vocab], one row per position, computed by an engine from a fresh sequence."""
+    import time
+
+    import numpy as np
+
+    from ..atomic import atomic_file
+    from ..runtimes.engine import all_logits, load_engine
+    from ..tokenizer import encode
+
+    if (token_list is None) == (text is None):
+        raise UsageError("give exactly one of --tokens or --text")
+    tokens = _parse_tokens(token_list) if token_list is not None else encode(text)
+    options = _engine_options(engine, None, None, False, emulate)
+    model = load_engine(engine, artifact, **options)
+    try:
+        start = time.perf_counter()
+        values = np.asarray(all_logits(model, tokens, chunk=chunk), dtype=np.float32)
+        took = time.perf_counter() - start
+    finally:
+        model.close()
+    with atomic_file(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, values)
+    err.print(f"wrote {out_path}: float32 {list(values.shape)} from {engine} in {took:.2f} s", highlight=False)
+
+
+COMMANDS = [run, logits]

@@ -1,0 +1,76 @@
+"""Rotary position embedding of gpt-oss: YaRN-scaled frequencies, NeoX half-split rotation.
+
+Computed exactly as transformers' `_compute_yarn_parameters` (and OpenAI's `RotaryEmbedding`) do, in float32:
+
+    freq[i]     = theta ** (2i / d)                                  i = 0 .. d/2 - 1
+    low, high   = correction_range(beta_fast, beta_slow)             corr(b) = d ln(L / (2 pi b)) / (2 ln theta)
+    ramp[i]     = clamp((i - low) / (high - low), 0, 1)
+    inv_freq[i] = 1 / (factor freq[i]) * ramp[i] + 1 / freq[i] * (1 - ramp[i])
+    cos, sin    = cos(p inv_freq) * c, sin(p inv_freq) * c           c = 0.1 ln(factor) + 1 (the concentration)
+    rotate(x)   = [x1 cos - x2 sin, x2 cos + x1 sin]                 x1, x2 = first and second half of a head
+
+L is the original context (4096). `truncate` floors low and ceils high first; gpt-oss's config says
+truncate = false. llama.cpp always truncates ([8, 18] instead of [8.09, 17.40] for the real config):
+`ggml_rounding=True` reproduces that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeoss.spec import ModelSpec
+
+
+def correction_range(spec: ModelSpec, truncate: bool) -> tuple[float, float]:
+    """The YaRN ramp's [low, high] in rotary pair indices (floored / ceiled when truncating)."""
+    dim = spec.head_dim
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(spec.rope_original_context / (rotations * 2 * math.pi)) / (2 * math.log(spec.rope_theta))
+
+    low, high = correction_dim(spec.rope_beta_fast), correction_dim(spec.rope_beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dim - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Rope:
+    inv_freq: np.ndarray  # float32 [head_dim / 2]
+    concentration: float
+
+    def cos_sin(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 cos and sin [T, head_dim / 2] for integer positions [T]."""
+        angles = np.asarray(positions, dtype=np.float32)[:, None] * self.inv_freq[None, :]
+        c = np.float32(self.concentration)
+        return np.cos(angles) * c, np.sin(angles) * c
+
+    @staticmethod
+    def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """x [T, heads, head_dim] rotated by per-position cos/sin [T, head_dim / 2] (NeoX halves)."""
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def yarn_rope(spec: ModelSpec, ggml_rounding: bool = False) -> Rope:
+    """The rope of a spec; `ggml_rounding` truncates the correction range as llama.cpp does."""
+    dim = spec.head_dim
+    exponent = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)  # float32, as torch computes it
+    # theta ** exponent correctly rounded to float32 (torch's own float32 pow is off by 1 ulp for a few entries)
+    freq = (np.float64(spec.rope_theta) ** exponent.astype(np.float64)).astype(np.float32)
+    extrapolation = np.float32(1.0) / freq
+    if spec.rope_factor <= 1.0:
+        return Rope(extrapolation, 1.0)
+    interpolation = np.float32(1.0) / (np.float32(spec.rope_factor) * freq)
+    low, high = correction_range(spec, truncate=spec.rope_truncate or ggml_rounding)
+    if low == high:
+        high += 0.001  # as transformers: avoid a zero-width ramp
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
+    extrapolation_share = np.float32(1.0) - ramp
+    inv_freq = interpolation * (np.float32(1.0) - extrapolation_share) + extrapolation * extrapolation_share
+    return Rope(inv_freq.astype(np.float32), 0.1 * math.log(spec.rope_factor) + 1.0)
