@@ -14,7 +14,7 @@ import click
 from ..errors import EdgeossError
 from ._common import err
 
-MODULES = ["checkpoint", "demo", "validate"]
+MODULES = ["checkpoint", "demo", "validate", "package", "export", "run", "profiles", "plan"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

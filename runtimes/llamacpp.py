@@ -1,0 +1,187 @@
+"""llama.cpp (through llama-cpp-python) behind the Engine interface, with per-position logits.
+
+    engine = LlamaCppEngine(Path("gpt-oss-20b.gguf"), n_ctx=4096)        # or the first shard of a split
+    logits = engine.prefill(ids)                                         # float32 [len(ids), vocab]
+    engine = LlamaCppEngine(path, repack=False, cpu_moe_layers=8)        # what --no-repack / --n-cpu-moe 8 do
+
+Defaults are the ones parity needs: an F32 KV cache and flash attention off (llama.cpp's F16 cache and its
+f16 flash-attention kernel each move logits by ~1e-1 on random models). The adapter also reaches two loader
+settings llama-cpp-python does not expose, through the model params it builds (`llama_model_default_params`
+is swapped while the model loads):
+- `repack=False` sets `use_extra_bufts = false` (llama.cpp's `--no-repack`): MXFP4 experts stay in the
+  mapped file instead of being copied into a repacked anonymous buffer;
+- `cpu_moe_layers` / `tensor_overrides` fill `tensor_buft_overrides` (llama.cpp's `--n-cpu-moe` / `-ot`):
+  tensors whose name matches a regex go to a named buffer type ("CPU", or a GPU's in a GPU build).
+
+The file's metadata is checked with ggml's own reader before llama.cpp sees it: a gpt-oss GGUF without
+expert counts makes llama.cpp abort the whole process instead of raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from edgeoss.errors import EdgeossError, UsageError
+from edgeoss.exporters.gguf import spec_from_metadata
+from edgeoss.exporters.gguf_names import ARCH, arch_key, expert_pattern
+from edgeoss.runtimes.ggml_gguf import buffer_types, read_metadata
+
+_PARAMS_LOCK = threading.Lock()  # the params hook is process-wide while a model loads
+
+# keys without which llama.cpp would abort (GGML_ASSERT) rather than fail to load
+_ABORTING_KEYS = ("{arch}.expert_count", "{arch}.expert_used_count", "{arch}.block_count", "{arch}.embedding_length")
+
+
+class LlamaCppError(EdgeossError):
+    """A GGUF llama.cpp cannot run, or a request beyond what the loaded context holds."""
+
+
+class _Override(ctypes.Structure):
+    """struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }"""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def _overrides(patterns: Mapping[str, str]) -> ctypes.Array | None:
+    """A NULL-terminated override array for regex -> buffer type name."""
+    if not patterns:
+        return None
+    available = buffer_types()
+    array = (_Override * (len(patterns) + 1))()
+    for i, (pattern, buft_name) in enumerate(patterns.items()):
+        if buft_name not in available:
+            raise UsageError(f"buffer type {buft_name!r} for {pattern!r}: this llama.cpp build has "
+                             f"{', '.join(available)}")
+        array[i].pattern, array[i].buft = pattern.encode(), available[buft_name]
+    return array
+
+
+@contextlib.contextmanager
+def _model_params(repack: bool, overrides: ctypes.Array | None):
+    """Make llama-cpp-python's Llama() build its model params with our loader settings."""
+    import llama_cpp
+
+    with _PARAMS_LOCK:
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = repack
+            if overrides is not None:
+                p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+            return p
+
+        llama_cpp.llama_cpp.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = default
+
+
+def cpu_moe_patterns(layers: int | Iterable[int] | None, num_layers: int) -> dict[str, str]:
+    """--n-cpu-moe N (the first N layers) or an explicit set of layers: their expert tensors on "CPU"."""
+    if layers is None:
+        return {}
+    chosen = list(range(min(layers, num_layers))) if isinstance(layers, int) else sorted(set(layers))
+    if any(not 0 <= i < num_layers for i in chosen):
+        raise UsageError(f"cpu_moe_layers {chosen}: layers are 0..{num_layers - 1}")
+    return {expert_pattern(chosen): "CPU"} if chosen else {}
+
+
+def split_files(first: Path, count: int) -> list[Path]:
+    """Every shard of a llama.cpp split GGUF from its first one (NAME-00001-of-0000N.gguf), or [first]."""
+    if count <= 1:
+        return [first]
+    prefix = first.name.rsplit("-00001-of-", 1)[0]
+    return [first.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, artifact_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_batch: int = 512, f32_kv: bool = True, flash_attn: bool = False, use_mmap: bool = True,
+                 repack: bool = True, cpu_moe_layers: int | Iterable[int] | None = None,
+                 tensor_overrides: Mapping[str, str] | None = None, verbose: bool = False):
+        import llama_cpp
+
+        path = Path(artifact_path)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such GGUF file")
+        meta = read_metadata(path)
+        if meta.get("general.architecture") != ARCH:
+            raise LlamaCppError(f"{path}: architecture {meta.get('general.architecture')!r}, expected {ARCH!r}")
+        missing = [arch_key(k) for k in _ABORTING_KEYS if arch_key(k) not in meta]
+        if missing:
+            raise LlamaCppError(f"{path}: lacks {', '.join(missing)} (llama.cpp would abort loading it)")
+        self.spec = spec_from_metadata(meta, meta.array_lengths.get("tokenizer.ggml.tokens"))
+        self.path, self.n_ctx = path, n_ctx
+        self.files = split_files(path, int(meta.get("split.count", 1)))
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.options = dict(f32_kv=f32_kv, flash_attn=flash_attn, use_mmap=use_mmap, repack=repack)
+        self.overrides = {**cpu_moe_patterns(cpu_moe_layers, self.spec.num_hidden_layers),
+                          **(tensor_overrides or {})}
+        self._override_array = _overrides(self.overrides)  # must outlive the load
+        kv_type = llama_cpp.GGML_TYPE_F32 if f32_kv else llama_cpp.GGML_TYPE_F16
+        start = time.perf_counter()
+        with _model_params(repack, self._override_array):
+            try:
+                self._llm = llama_cpp.Llama(
+                    model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads, logits_all=True, type_k=kv_type, type_v=kv_type,
+                    flash_attn=flash_attn, use_mmap=use_mmap, yarn_beta_fast=self.spec.rope_beta_fast,
+                    yarn_beta_slow=self.spec.rope_beta_slow, verbose=verbose)
+            except ValueError as e:
+                raise LlamaCppError(f"{path}: llama.cpp could not load it ({e})") from None
+        self._load_s = time.perf_counter() - start
+        self._counters = {"prefill_calls": 0, "prefill_tokens": 0, "prefill_s": 0.0,
+                          "step_calls": 0, "step_s": 0.0}
+
+    # ---- Engine protocol ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._llm.reset()
+
+    def _eval(self, tokens: Sequence[int]) -> np.ndarray:
+        start = self._llm.n_tokens
+        if start + len(tokens) > self.n_ctx:
+            raise LlamaCppError(f"sequence of {start + len(tokens)} tokens exceeds the context of {self.n_ctx} "
+                                "(load the engine with a larger n_ctx)")
+        self._llm.eval(list(map(int, tokens)))
+        return np.array(self._llm.scores[start:start + len(tokens)], dtype=np.float32)
+
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        t = time.perf_counter()
+        logits = self._eval(tokens)
+        self._counters["prefill_calls"] += 1
+        self._counters["prefill_tokens"] += len(tokens)
+        self._counters["prefill_s"] += time.perf_counter() - t
+        return logits
+
+    def step(self, token: int) -> np.ndarray:
+        t = time.perf_counter()
+        logits = self._eval([token])[0]
+        self._counters["step_calls"] += 1
+        self._counters["step_s"] += time.perf_counter() - t
+        return logits
+
+    def stats(self) -> dict[str, Any]:
+        import psutil
+
+        return {"engine": self.name, "load_s": self._load_s, "n_ctx": self.n_ctx, "n_threads": self.n_threads,
+                **self.options, "overrides": dict(self.overrides), "position": self._llm.n_tokens,
+                **self._counters, "file_bytes": sum(f.stat().st_size for f in self.files),
+                "rss_bytes": psutil.Process().memory_info().rss}
+
+    def close(self) -> None:
+        llm = getattr(self, "_llm", None)
+        if llm is not None:
+            llm.close()
+            self._llm = None
