@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/edgeoss demo
 
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 bench: $(STAMP)
 	@echo "see benchmarks/README.md for the scripts and their figures"
