@@ -1,8 +1,11 @@
 """Synthesize a gpt-oss checkpoint folder exactly in a published layout, streaming, deterministically.
 
 Weights are random but healthy: BF16 dense tensors with small, fan-in-scaled standard deviations; MXFP4
-experts with uniformly drawn E2M1 codes and E8M0 scale bytes chosen so each dequantized expert matrix has
-about unit gain (gate/up twice that, so the SwiGLU clamp is really reached). Every canonical tensor is drawn
+experts with uniformly drawn E2M1 codes and E8M0 scale bytes chosen so each dequantized expert matrix has a
+sensible gain. As in trained transformers, each layer adds a small update to the residual stream (attention
+output and expert down-projection at gain RESIDUAL_GAIN): fully random unit-gain layers make a chaotic model
+that turns a 0.4 % activation rounding (llama.cpp's Q8_0) into a 10 % logit change, which real models do not.
+Gate/up biases are wide enough that the SwiGLU clamp is still reached now and then. Every canonical tensor is drawn
 from its own generator, seeded by (seed, tensor name, chunk), so both layouts hold identical values and any
 chunk can be produced alone: memory stays bounded by one chunk (~32 MB) whatever the model size.
 """
@@ -28,6 +31,7 @@ from .spec import ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original
 CHUNK_BYTES = 32 << 20
 FP4_RMS = float(np.sqrt(np.mean(mxfp4.FP4_VALUES ** 2)))  # rms of a uniformly drawn E2M1 code
 SHARD_TARGET = 4.35e9  # the published shards: 20b = 3 files, 120b = 15 files
+RESIDUAL_GAIN = 0.1  # gain of what each layer adds to the residual stream
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ def recipe(spec: ModelSpec, info: TensorInfo) -> Recipe:
     fan_in = {"q.weight": h, "k.weight": h, "v.weight": h, "o.weight": spec.q_dim, "router.weight": h}
     if part in ("attn_norm", "mlp_norm", "norm"):
         return Recipe(mean=1.0, std=0.05)
+    if part == "o.weight":
+        return Recipe(std=RESIDUAL_GAIN / math.sqrt(spec.q_dim))
     if part in fan_in:
         return Recipe(std=1.0 / math.sqrt(fan_in[part]))
     if part == "embed":
@@ -54,10 +60,10 @@ def recipe(spec: ModelSpec, info: TensorInfo) -> Recipe:
     if part == "sinks":
         return Recipe(std=1.0)
     if part == "gate_up.bias":
-        return Recipe(std=1.0)
+        return Recipe(std=2.0)
     if part.endswith(".blocks") or part.endswith(".scales"):
         k = h if part.startswith("gate_up") else i
-        gain = 2.0 if part.startswith("gate_up") else 1.0
+        gain = 1.0 if part.startswith("gate_up") else RESIDUAL_GAIN
         return Recipe(scale_byte=mxfp4.SCALE_BIAS + round(math.log2(gain / (FP4_RMS * math.sqrt(k)))))
     return Recipe(std=0.1 if part in ("q.bias", "k.bias", "v.bias", "router.bias") else 0.02)
 

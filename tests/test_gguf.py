@@ -154,9 +154,10 @@ def test_layer_pattern_other_than_the_default_reaches_llamacpp(tmp_path):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_llamacpp_against_transformers(exports, preset, request):
-    """Against the original model in fp32. On these random models llama.cpp's Q8_0 activations (and, for `odd`,
-    its rounded YaRN range) flip many near-tied top-1s, so this checks the gross picture; exactness is the
-    emulated-reference test above."""
+    """Against the original model in fp32. With a 201,088-token vocabulary the top-1/top-2 logit gap of these
+    random models is ~0.3 (median), so llama.cpp's Q8_0 activations (and, for `odd`, its rounded YaRN range)
+    still flip a few near-tied top-1s: measured 96.9 % on both presets here. Exactness is the emulated-reference
+    test above."""
     from edgeoss.oracles import transformers_logits
 
     oracle = transformers_logits(request.getfixturevalue(f"{preset}_hf"), IDS)
@@ -166,7 +167,7 @@ def test_llamacpp_against_transformers(exports, preset, request):
     print(f"{preset}: top-1 {top1:.3f}, max abs diff {diff.max():.3f} (median {np.median(diff):.3f}, "
           f"position 0 {diff[0]:.3f}), |logits| <= {np.abs(oracle).max():.1f}")
     assert diff[0] < 0.5  # position 0: no rotation, only activation rounding
-    assert top1 >= 0.7
+    assert top1 >= 0.95
 
 
 def tensor_bytes(path: Path, names: list[str], experts: int) -> dict[str, np.ndarray]:
