@@ -74,10 +74,106 @@ def harmony(d: Demo) -> Row:
     return Row("harmony prompt", figures=f"{len(ids)} tokens, starts {text[:40]!r}")
 
 
+def plan(d: Demo) -> Row:
+    from .plan import PlanRequest, make_plan, write_plan
+    from .profiles import load_profile
+    from .spec import from_config, load_config
+
+    spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
+    result = make_plan(PlanRequest(spec=spec, device=load_profile(d.device), context=DEMO_CONTEXT,
+                                   model_source=str(d.paths["checkpoint"])))
+    d.paths["plan"] = d.workdir / "plan.json"
+    write_plan(d.paths["plan"], result)
+    fits = "fits" if result["fits"] else "does NOT fit"
+    prediction = result.get("prediction") or {}
+    return Row("plan", str(d.paths["plan"]), None,
+               f"{d.device}, context {DEMO_CONTEXT}: {fits}, {result['memory']['total_bytes'] / 2**20:.0f} MiB; "
+               f"predicted {prediction.get('decode_tok_s', 0):.0f} tok/s there")
+
+
+def export_gguf(d: Demo) -> Row:
+    from .exporters.gguf import export_gguf as export
+
+    d.paths["gguf"] = export(d.paths["checkpoint"], d.workdir / "model.gguf")[0]
+    return Row("export GGUF", str(d.paths["gguf"]), _folder_bytes(d.paths["gguf"]),
+               "MXFP4 experts carried bit-exactly")
+
+
+def export_onnx(d: Demo) -> Row:
+    from .exporters.onnx import export_onnx as export
+
+    report = export(d.paths["checkpoint"], d.workdir / "onnx", experts="int8", max_length=DEMO_CONTEXT, force=True)
+    d.paths["onnx"] = report.path
+    return Row("export ONNX", str(report.path), report.nbytes, "int8 experts, exact")
+
+
+def parity(d: Demo) -> Row:
+    from . import parity as check
+    from .parity import Artifact, gguf_artifact
+    from .profiler import random_prompt
+    from .spec import from_config, load_config
+
+    spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
+    tokens = __import__("numpy").array(random_prompt(spec, DEMO_PARITY_POSITIONS), dtype="int64")
+    artifacts = [gguf_artifact(d.paths["gguf"]),
+                 Artifact("onnx (int8)", "onnxruntime", d.paths["onnx"], options={"exact": True})]
+    report = check.run(d.paths["checkpoint"], artifacts, tokens, greedy=16)
+    d.paths["parity"] = d.workdir / "parity.md"
+    check.save(report, d.workdir / "parity.json", d.paths["parity"])
+    d.facts["parity"] = {e["engine"]: e for e in report["entries"]}
+    figures = "; ".join(f"{e['engine']}: max|d| {e['vs_original']['max_abs']:.1e}, "
+                        f"top-1 {100 * e['vs_original']['top1']:.0f} %, {_short(e['verdict'])}"
+                        for e in report["entries"])
+    return Row("parity vs original", str(d.paths["parity"]), None, figures)
+
+
+def _short(verdict: str) -> str:
+    return "exact" if verdict.startswith("matches") else "expected engine difference" \
+        if verdict.startswith("engine difference") else "UNEXPLAINED"
+
+
+def profile(d: Demo) -> Row:
+    from .profiler import profile as measure
+
+    speeds = {}
+    for engine, artifact in (("reference", d.paths["checkpoint"]), ("llamacpp", d.paths["gguf"]),
+                             ("onnxruntime", d.paths["onnx"])):
+        result = measure(engine, artifact, prompt_tokens=64, gen_tokens=16, runs=1)
+        speeds[engine] = result.decode_tok_s.median
+    d.facts["decode_tok_s"] = speeds
+    return Row("profile", figures=", ".join(f"{k} {v:.0f} tok/s" for k, v in speeds.items()) +
+               " (decode, this machine)")
+
+
+def package(d: Demo) -> Row:
+    from .bundle import verify
+    from .package import package_android, package_windows
+
+    android, _ = package_android(d.paths["gguf"], d.workdir / "bundle-android", device=d.device,
+                                 context=DEMO_CONTEXT, force=True)
+    windows = package_windows(d.paths["onnx"], d.workdir / "bundle-windows", force=True)
+    checks = [verify(android.path), verify(windows.path)]
+    problems = [p for c in checks for p in c.problems]
+    if problems:
+        raise EdgeossError(problems[0])
+    d.paths["android"], d.paths["windows"] = android.path, windows.path
+    return Row("package + verify", f"{android.path}, {windows.path}", android.nbytes + windows.nbytes,
+               f"both bundles verified ({sum(c.files for c in checks)} files, sha256)")
+
+
+DEMO_CONTEXT = 4096
+DEMO_PARITY_POSITIONS = 160
+
 STEPS: list[tuple[str, Callable[[Demo], Row]]] = [
     ("synthesize the tiny model", synthesize),
     ("inspect and validate it", inspect),
     ("render and tokenize a harmony prompt", harmony),
+    ("plan it for the device", plan),
+    ("export GGUF (llama.cpp)", export_gguf),
+    ("export ONNX (ONNX Runtime, onnxruntime-genai)", export_onnx),
+    ("parity: original model, reference runtime, llama.cpp, ONNX Runtime", parity),
+    ("profile each engine", profile),
+    ("package for Android and Windows, verify both", package),
 ]
 
 
@@ -98,7 +194,10 @@ def run(d: Demo, on_step: Callable[[int, str], None] = lambda i, name: None,
 
 
 NEXT_COMMANDS = [
-    "edgeoss inspect {checkpoint}",
-    "edgeoss synth /tmp/gpt-oss-20b --preset 20b      # full-size, 13.8 GB",
-    "edgeoss inspect --preset 120b",
+    "edgeoss run {checkpoint} --prompt 'Hello' --memory-budget 2MiB      # the reference runtime, streaming experts",
+    "edgeoss run {gguf} --engine llamacpp --prompt 'Hello'",
+    "edgeoss plan --preset 20b --device pixel-9-pro --context 8192      # the real model on a 16 GB phone",
+    "edgeoss profiles list",
+    "edgeoss package verify {android}",
+    "on a downloaded gpt-oss-20b: inspect -> plan -> export gguf/onnx -> parity -> profile -> package (README)",
 ]

@@ -25,12 +25,17 @@ import numpy as np
 from .errors import UsageError
 
 EXACT = 1e-4  # fp32 implementations of the same math agree to ~1e-5 here
-EMULATED = 1e-3  # an engine matched by the emulation of its known numerics
+# An engine is explained by the emulation of its known numerics when its typical (median per-position)
+# deviation from that emulation is tiny and far below its deviation from the original. The median, not the
+# max: a single rounding tie decided differently by float32 summation order moves later logits by 1e-2 on
+# these random models, while the emulation matches the engine bit for bit up to that tie.
+EMULATED = 1e-3
 
 
 @dataclass(frozen=True)
 class Metrics:
     max_abs: float
+    median_abs: float  # median over positions of the per-position max abs difference
     mean_kl: float
     top1: float
     positions: int
@@ -39,8 +44,10 @@ class Metrics:
     def between(cls, reference: np.ndarray, other: np.ndarray) -> "Metrics":
         if reference.shape != other.shape:
             raise UsageError(f"logits shapes differ: {reference.shape} vs {other.shape}")
-        return cls(max_abs=float(np.abs(reference - other).max()), mean_kl=mean_kl(reference, other),
-                   top1=float((reference.argmax(-1) == other.argmax(-1)).mean()), positions=len(reference))
+        per_position = np.abs(reference - other).max(axis=-1)
+        return cls(max_abs=float(per_position.max()), median_abs=float(np.median(per_position)),
+                   mean_kl=mean_kl(reference, other), top1=float((reference.argmax(-1) == other.argmax(-1)).mean()),
+                   positions=len(reference))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -90,10 +97,22 @@ class Artifact:
     emulation_note: str = ""
 
 
+def gguf_artifact(path: Path) -> Artifact:
+    """A GGUF checked in llama.cpp, explained by the reference runtime emulating llama.cpp's numerics."""
+    from .package import gguf_dense_type
+    from .runtimes.ggml_gguf import read_metadata
+
+    dense = gguf_dense_type(read_metadata(path), path)
+    emulation = {"ggml_yarn_rounding": True, "q8_activations": True, "bf16_activations": dense == "bf16"}
+    note = "llama.cpp's Q8_0 activations" + (", bf16 activations" if dense == "bf16" else "") + \
+        " and rounded YaRN range" + ("" if dense in ("bf16", "f32") else f" ({dense} dense weights not emulated)")
+    return Artifact(path.name, "llamacpp", path, options={"f32_kv": True}, emulation=emulation, emulation_note=note)
+
+
 def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> str:
     if vs_original.max_abs <= EXACT:
         return "matches the original (fp32 parity)"
-    if vs_emulation is not None and vs_emulation.max_abs <= EMULATED:
+    if vs_emulation is not None and vs_emulation.median_abs <= min(EMULATED, vs_original.median_abs / 10):
         return f"engine difference, expected: {note}"
     return "UNEXPLAINED deviation: possible export bug"
 
@@ -161,13 +180,14 @@ def to_markdown(report: dict) -> str:
              f"{report['positions']} positions against {report['original']} (max |logit| "
              f"{report['max_abs_logit_original']:.2f}); greedy match over {report['greedy_tokens']} tokens "
              f"from a {report['prompt_tokens']}-token prompt.", "",
-             "| artifact | engine | max abs diff | mean KL | top-1 | greedy match | vs emulation | verdict |",
+             "| artifact | engine | max abs diff (median) | mean KL | top-1 | greedy match | vs emulation: max (median) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for e in report["entries"]:
         o = e["vs_original"]
-        emu = f"{e['vs_emulation']['max_abs']:.2e} ({e['emulation']})" if e["vs_emulation"] else "—"
+        emu = (f"{e['vs_emulation']['max_abs']:.2e} ({e['vs_emulation']['median_abs']:.1e}); {e['emulation']}"
+               if e["vs_emulation"] else "—")
         match = f"{e['greedy_match']}/{e['greedy_tokens']}" if e["greedy_match"] >= 0 else "—"
-        lines.append(f"| {e['label']} | {e['engine']} | {o['max_abs']:.2e} | {o['mean_kl']:.2e} | "
+        lines.append(f"| {e['label']} | {e['engine']} | {o['max_abs']:.2e} ({o['median_abs']:.1e}) | {o['mean_kl']:.2e} | "
                      f"{100 * o['top1']:.1f} % | {match} | {emu} | {e['verdict']} |")
     return "\n".join(lines) + "\n"
 

@@ -41,7 +41,7 @@ from edgeoss.runtimes import kernels
 from edgeoss.runtimes.experts import Expert, ExpertPlan, ExpertStore, ExpertTransform, load_plan
 from edgeoss.runtimes.rope import Rope, yarn_rope
 from edgeoss.runtimes.trace import Trace, TraceRecorder
-from edgeoss.safetensors_io import bf16_to_f32
+from edgeoss.safetensors_io import bf16_to_f32, f32_to_bf16
 from edgeoss.spec import ModelSpec
 from edgeoss.units import parse_size
 
@@ -55,19 +55,22 @@ class Emulation:
     - ggml_yarn_rounding: floor/ceil the YaRN correction range, as llama.cpp does ([8, 18] for gpt-oss).
     - q8_activations: round the input of every expert matmul (before gate_up and before down) to Q8_0 blocks
       of 32, as llama.cpp's CPU MXFP4 matmul does.
+    - bf16_activations: round the input of the bf16 dense matmuls (q, k, v, o, unembedding; not the router,
+      which a GGUF stores in F32) to bf16, as llama.cpp's CPU matmul does for bf16 weights.
     - expert_transform: replace each expert's weights when it is loaded (e.g. requantized experts, to mimic an
       exporter that stores them in another format); see `edgeoss.runtimes.experts.dense_experts`.
     """
 
     ggml_yarn_rounding: bool = False
     q8_activations: bool = False
+    bf16_activations: bool = False
     expert_transform: ExpertTransform | None = None
 
-    NAMES = ("ggml_yarn_rounding", "q8_activations")
+    NAMES = ("ggml_yarn_rounding", "q8_activations", "bf16_activations")
 
     @classmethod
     def named(cls, names: Sequence[str]) -> "Emulation":
-        """From switch names; "llamacpp" turns on both of llama.cpp's deviations."""
+        """From switch names; "llamacpp" turns on all of llama.cpp's deviations (for a bf16-dense GGUF)."""
         chosen: set[str] = set()
         for name in names:
             if name == "llamacpp":
@@ -134,8 +137,11 @@ class Linear:
 
     weight: np.ndarray  # uint16 [out, in]
     bias: np.ndarray | None  # float32 [out]
+    bf16_input: bool = False  # emulate an engine that rounds the activations to bf16 first
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.bf16_input:
+            x = bf16_to_f32(f32_to_bf16(x))
         y = kernels.bf16_matmul(x, self.weight)
         return y if self.bias is None else y + self.bias
 
@@ -153,12 +159,13 @@ class Layer:
     window: int | None  # sliding window, None for a full-attention layer
 
 
-def load_layer(ckpt: Checkpoint, i: int) -> Layer:
+def load_layer(ckpt: Checkpoint, i: int, bf16_input: bool = False) -> Layer:
     p = f"layers.{i}"
-    linear = lambda name: Linear(ckpt.raw(f"{p}.{name}.weight"), ckpt.f32(f"{p}.{name}.bias"))  # noqa: E731
+    linear = lambda name, rounded=bf16_input: Linear(ckpt.raw(f"{p}.{name}.weight"),  # noqa: E731
+                                                     ckpt.f32(f"{p}.{name}.bias"), rounded)
     spec = ckpt.spec
     return Layer(ckpt.f32(f"{p}.attn_norm"), linear("q"), linear("k"), linear("v"), linear("o"),
-                 ckpt.f32(f"{p}.sinks"), ckpt.f32(f"{p}.mlp_norm"), linear("router"),
+                 ckpt.f32(f"{p}.sinks"), ckpt.f32(f"{p}.mlp_norm"), linear("router", False),
                  spec.sliding_window if spec.is_sliding(i) else None)
 
 
@@ -224,10 +231,11 @@ class ReferenceEngine:
         budget = parse_size(memory_budget) if memory_budget is not None else (plan.budget_bytes if plan else None)
         self.experts = ExpertStore(self.ckpt, budget, plan, self.emulation.expert_transform)
         self.rope: Rope = yarn_rope(self.spec, ggml_rounding=self.emulation.ggml_yarn_rounding)
-        self.layers = [load_layer(self.ckpt, i) for i in range(self.spec.num_hidden_layers)]
+        bf16_input = self.emulation.bf16_activations
+        self.layers = [load_layer(self.ckpt, i, bf16_input) for i in range(self.spec.num_hidden_layers)]
         self.embed = self.ckpt.raw("embed")
         self.norm = self.ckpt.f32("norm")
-        self.unembed = Linear(self.ckpt.raw("unembed"), None)
+        self.unembed = Linear(self.ckpt.raw("unembed"), None, bf16_input)
         self.recorder = TraceRecorder(self.spec) if trace else None
         self.prefill_reads: list[tuple[int, int]] = []  # (tokens, expert bytes read) per prefill call
         self.step_reads: list[int] = []  # expert bytes read by each step

@@ -46,4 +46,10 @@ def test_synth_refuses_to_overwrite(tmp_path, cli):
 def test_demo_runs_and_summarizes(tmp_path, cli):
     proc = cli("demo", "--workdir", tmp_path / "demo", check=True)
     assert "what was produced" in proc.stdout and "Next commands" in proc.stdout
-    assert (tmp_path / "demo" / "checkpoint" / "config.json").exists()
+    for step in ("plan", "export GGUF", "export ONNX", "parity vs original", "profile", "package + verify"):
+        assert step in proc.stdout, step
+    assert "UNEXPLAINED" not in proc.stdout
+    work = tmp_path / "demo"
+    assert (work / "checkpoint" / "config.json").exists() and (work / "model.gguf").exists()
+    assert (work / "bundle-android" / "manifest.json").exists() and (work / "bundle-windows" / "manifest.json").exists()
+    assert "[1/9]" in proc.stderr and "[9/9]" in proc.stderr  # progress at every step

@@ -237,8 +237,17 @@ def test_emulations_change_what_they_should(tiny_hf, tiny_engine, tokens):
         engine.close()
 
 
+def test_bf16_activation_emulation_rounds_dense_inputs_only(tiny_hf, tokens):
+    plain = load_engine("reference", tiny_hf)
+    rounded = load_engine("reference", tiny_hf, emulation={"bf16_activations": True})
+    a, b = all_logits(plain, tokens[:40]), all_logits(rounded, tokens[:40])
+    assert 0 < np.abs(a - b).max() < 0.5
+    assert not rounded.layers[0].router.bf16_input and rounded.layers[0].q.bf16_input
+
+
 def test_emulation_names():
-    assert Emulation.named(["llamacpp"]) == Emulation(ggml_yarn_rounding=True, q8_activations=True)
+    assert Emulation.named(["llamacpp"]) == Emulation(ggml_yarn_rounding=True, q8_activations=True,
+                                                      bf16_activations=True)
     assert Emulation.named(["q8_activations"]) == Emulation(q8_activations=True)
     with pytest.raises(UsageError, match="unknown emulation 'fast'"):
         Emulation.named(["fast"])

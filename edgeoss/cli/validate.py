@@ -14,11 +14,9 @@ from ._common import err, out, print_json
 
 # ---- parity -------------------------------------------------------------------------------------------
 def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
-    from ..parity import Artifact
+    from ..parity import Artifact, gguf_artifact
 
-    arts = [Artifact(p.name, "llamacpp", p, options={"f32_kv": True},
-                     emulation={"ggml_yarn_rounding": True, "q8_activations": True},
-                     emulation_note="llama.cpp's Q8_0 activations and rounded YaRN range") for p in ggufs]
+    arts = [gguf_artifact(p) for p in ggufs]
     for p in onnxs:
         from ..exporters.onnx import export_info  # what the exporter recorded about the folder
 
@@ -83,7 +81,7 @@ def parity(checkpoint: Path, ggufs, onnxs, positions: int, text: Path | None, gr
         table.add_column(col)
     for e in result["entries"]:
         o = e["vs_original"]
-        emu = f"{e['vs_emulation']['max_abs']:.2e}" if e["vs_emulation"] else ""
+        emu = f"{e['vs_emulation']['median_abs']:.1e} median" if e["vs_emulation"] else ""
         greedy = f"{e['greedy_match']}/{e['greedy_tokens']}" if e["greedy_match"] >= 0 else ""
         table.add_row(e["label"], e["engine"], f"{o['max_abs']:.2e}", f"{o['mean_kl']:.2e}",
                       f"{100 * o['top1']:.1f} %", greedy, emu, e["verdict"])
