@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import time
+
 import numpy as np
 
 from edgeoss.checkpoint import Checkpoint
@@ -246,6 +248,9 @@ class ReferenceEngine:
         s = self.spec
         self.caches = [LayerCache(s.num_key_value_heads, s.head_dim, layer.window) for layer in self.layers]
         self.length = 0
+        if not hasattr(self, "time_by_layer"):  # timings add up across sequences, like the read counters
+            self.time_by_layer = np.zeros(s.num_hidden_layers)
+            self.time_by_op = {"embed": 0.0, "attention": 0.0, "moe": 0.0, "unembed": 0.0}
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         before = self.experts.counters.bytes_read
@@ -266,7 +271,8 @@ class ReferenceEngine:
                 "prefill_bytes_read": sum(b for _, b in self.prefill_reads),
                 "decode_tokens": len(self.step_reads),
                 "decode_bytes_read": sum(self.step_reads),
-                "decode_bytes_read_per_token": sum(self.step_reads) / max(1, len(self.step_reads))}
+                "decode_bytes_read_per_token": sum(self.step_reads) / max(1, len(self.step_reads)),
+                "time_by_layer": self.time_by_layer.tolist(), "time_by_op": dict(self.time_by_op)}
 
     def close(self) -> None:
         self.experts.close()
@@ -289,16 +295,28 @@ class ReferenceEngine:
                              f"{s.max_position_embeddings} positions")
         if not tokens.size:
             return np.zeros((0, s.vocab_size), dtype=np.float32)
+        clock, ops = time.perf_counter, self.time_by_op
+        t0 = clock()
         positions = np.arange(self.length, self.length + len(tokens))
         cos, sin = self.rope.cos_sin(positions)
         x = bf16_to_f32(self.embed[tokens])
+        t1 = clock()
+        ops["embed"] += t1 - t0
         for i, layer in enumerate(self.layers):
             x = x + self.attention_block(i, layer, x, positions, cos, sin)
+            t2 = clock()
             x = x + self.moe_block(i, layer, x)
+            t3 = clock()
+            ops["attention"] += t2 - t1
+            ops["moe"] += t3 - t2
+            self.time_by_layer[i] += t3 - t1
+            t1 = t3
         self.length += len(tokens)
         if self.recorder is not None:
             self.recorder.end_batch(positions, tokens)
-        return self.unembed(rms_norm(x, self.norm, s.rms_norm_eps))
+        logits = self.unembed(rms_norm(x, self.norm, s.rms_norm_eps))
+        ops["unembed"] += clock() - t1
+        return logits
 
     def attention_block(self, i: int, layer: Layer, x: np.ndarray, positions: np.ndarray, cos: np.ndarray,
                         sin: np.ndarray) -> np.ndarray:

@@ -103,8 +103,19 @@ def _print_profile(r: dict) -> None:
                           f"after load {human(r['rss_after_load_bytes'])})")
     t.add_row("read from disk", f"{human(r['disk_read_bytes'])} in all, "
                                 f"{human(r['disk_read_bytes_per_decode_token'])}/decode token")
-    for key, value in r["engine_stats"].items():
-        if not isinstance(value, (list, dict)):
+    stats = r["engine_stats"]
+    experts = stats.get("experts")
+    if experts:
+        t.add_row("expert cache", f"{experts['mode']}: hit rate {experts['hit_rate']:.3f} ({experts['hits']} hits, "
+                                  f"{experts['misses']} misses), resident {human(experts['resident_bytes'])}")
+        t.add_row("expert bytes read", f"{human(stats['decode_bytes_read_per_token'])}/decode token, "
+                                       f"{human(stats['prefill_bytes_read'])} in prefills")
+    if "time_by_op" in stats:
+        total = sum(stats["time_by_op"].values()) or 1.0
+        t.add_row("time by op kind", ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in stats["time_by_op"].items()))
+        t.add_row("time by layer (ms)", " ".join(f"{1e3 * v:.0f}" for v in stats["time_by_layer"]))
+    for key, value in stats.items():
+        if not isinstance(value, (list, dict)) and key not in ("engine",) and not key.startswith(("prefill_", "decode_")):
             t.add_row(f"engine: {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
     if "projection" in r:
         p = r["projection"]
@@ -142,9 +153,13 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         budgets = [parse_size(b) for b in sweep.split(",")]
         results = [measure(engine, artifact, prompt_tokens, gen_tokens, runs, {"memory_budget": b}).as_dict()
                    for b in budgets]
+        from ..spec import from_config, load_config, sizes
+
+        per_expert = sizes(from_config(load_config(artifact / "config.json"))).bytes_per_expert
         rows = [{"budget_bytes": b, "decode_tok_s": r["decode_tok_s"]["median"],
-                 "misses_per_token": r["engine_stats"].get("misses_per_token"),
-                 "bytes_read_per_token": r["engine_stats"].get("bytes_read_per_token"),
+                 "misses_per_token": r["engine_stats"]["decode_bytes_read_per_token"] / per_expert,
+                 "bytes_read_per_token": r["engine_stats"]["decode_bytes_read_per_token"],
+                 "hit_rate": r["engine_stats"]["experts"]["hit_rate"],
                  "peak_rss_bytes": r["peak_rss_bytes"]} for b, r in zip(budgets, results)]
         if plot:
             plots.speed_vs_budget({"reference": [(r["budget_bytes"], r["decode_tok_s"]) for r in rows]}, plot,

@@ -1,0 +1,77 @@
+"""The parity report and the profiler, on tiny artifacts in every engine we can run."""
+
+import json
+
+import pytest
+
+from edgeoss.exporters.gguf import export_gguf
+from edgeoss.exporters.onnx import export_onnx
+from edgeoss.profiler import profile
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_hf, tmp_path_factory):
+    work = tmp_path_factory.mktemp("artifacts")
+    gguf = export_gguf(tiny_hf, work / "tiny.gguf")[0]
+    onnx = export_onnx(tiny_hf, work / "onnx", experts="int8", max_length=512, progress=False).path
+    return {"checkpoint": tiny_hf, "gguf": gguf, "onnx": onnx}
+
+
+def test_parity_report_on_the_tiny_checkpoint(artifacts, tmp_path, cli):
+    report_md = tmp_path / "parity.md"
+    proc = cli("parity", artifacts["checkpoint"], "--gguf", artifacts["gguf"], "--onnx", artifacts["onnx"],
+               "--positions", "200", "--greedy", "8", "--json", "--report", report_md, check=True)
+    entries = {e["engine"]: e for e in json.loads(proc.stdout)["entries"]}
+    assert set(entries) == {"gpt_oss (torch fp32)", "reference", "llamacpp", "onnxruntime"}
+    assert entries["reference"]["vs_original"]["max_abs"] <= 1e-4
+    assert entries["gpt_oss (torch fp32)"]["vs_original"]["max_abs"] <= 1e-4
+    assert entries["onnxruntime"]["vs_original"]["max_abs"] <= 1e-4
+    llama = entries["llamacpp"]
+    assert llama["vs_original"]["max_abs"] > 1e-4  # llama.cpp really computes differently ...
+    assert llama["verdict"].startswith("engine difference, expected")  # ... and the report says why
+    assert llama["vs_emulation"]["median_abs"] < llama["vs_original"]["median_abs"] / 10
+    for e in entries.values():
+        assert 0 <= e["vs_original"]["top1"] <= 1 and e["vs_original"]["mean_kl"] >= 0
+    assert "engine difference, expected" in report_md.read_text()
+
+
+@pytest.mark.parametrize("engine", ["reference", "llamacpp", "onnxruntime", "ortgenai"])
+def test_profile_fields_are_sane(engine, artifacts):
+    artifact = {"reference": "checkpoint", "llamacpp": "gguf"}.get(engine, "onnx")
+    options = {"memory_budget": 100 << 10} if engine == "reference" else {}
+    r = profile(engine, artifacts[artifact], prompt_tokens=24, gen_tokens=6, runs=2, options=options)
+    assert r.runs == 2 and r.load_s > 0
+    assert 0 < r.ttft_s.min <= r.ttft_s.median <= r.ttft_s.max
+    assert r.prefill_tok_s.median > 0 and r.decode_tok_s.median > 0
+    model_bytes = sum(p.stat().st_size for p in artifacts[artifact].glob("*")) if artifacts[artifact].is_dir() \
+        else artifacts[artifact].stat().st_size
+    assert r.peak_rss_bytes >= r.rss_after_load_bytes > r.rss_before_load_bytes
+    assert r.peak_rss_bytes > model_bytes * 0.3  # at least the weights the engine keeps resident
+    assert r.machine["cores"] >= 1 and r.disk_read_bytes >= 0
+    if engine == "reference":
+        experts = r.engine_stats["experts"]
+        assert 0 <= experts["hit_rate"] <= 1 and experts["misses"] > 0
+        assert experts["peak_bytes"] <= 100 << 10
+        assert len(r.engine_stats["time_by_layer"]) == 4 and r.engine_stats["time_by_op"]["moe"] > 0
+
+
+def test_profile_cli_sweep_and_plot(artifacts, tmp_path, cli):
+    plot = tmp_path / "sweep.png"
+    proc = cli("profile", artifacts["checkpoint"], "--prompt-tokens", "16", "--gen-tokens", "4", "--runs", "1",
+               "--sweep", "60KiB,1MiB", "--plot", plot, "--json", check=True)
+    rows = json.loads(proc.stdout)
+    assert [r["budget_bytes"] for r in rows] == [60 << 10, 1 << 20]
+    assert rows[0]["misses_per_token"] >= rows[1]["misses_per_token"]
+    assert plot.stat().st_size > 1000
+
+
+def test_profile_under_a_memory_limit_reports_a_kill_cleanly(artifacts, cli):
+    proc = cli("profile", artifacts["checkpoint"], "--prompt-tokens", "8", "--gen-tokens", "2", "--runs", "1",
+               "--memory-limit", "60MiB", "--json")
+    if proc.returncode == 2 and "cgroup" in proc.stderr:
+        pytest.skip(proc.stderr.strip())
+    report = json.loads(proc.stdout)
+    assert report["killed"] and report["profile"] is None and "Traceback" not in proc.stderr
+    fits = json.loads(cli("profile", artifacts["checkpoint"], "--prompt-tokens", "8", "--gen-tokens", "2",
+                          "--runs", "1", "--memory-limit", "2GiB", "--json", check=True).stdout)
+    assert not fits["killed"] and 0 < fits["peak_bytes"] <= 2 << 30 and fits["profile"]["decode_tok_s"]["median"] > 0
