@@ -254,7 +254,10 @@ def read_plan_expert_order(plan_path: str | Path, spec: ModelSpec) -> dict[int, 
         raise UsageError(f"{path}: no such plan file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid JSON ({e})") from None
-    order = plan.get("experts", {}).get("order", {}) if isinstance(plan, dict) else None
+    if isinstance(plan, dict) and plan.get("fits") is False and plan.get("experts") is None:
+        raise UsageError(f"{path}: this plan does not fit its device, so it places no experts "
+                         "(see its advice; make a plan that fits first)")
+    order = (plan.get("experts") or {}).get("order", {}) if isinstance(plan, dict) else None
     if not isinstance(order, dict):
         raise UsageError(f"{path}: experts.order must be an object {{layer: [expert ids]}}")
     return check_expert_order(spec, order, str(path))
