@@ -239,7 +239,17 @@ def is_original_config(cfg: dict) -> bool:
 
 
 def from_config(cfg: dict, where: str = "config.json") -> ModelSpec:
-    return from_original_config(cfg, where) if is_original_config(cfg) else from_hf_config(cfg, where)
+    spec = from_original_config(cfg, where) if is_original_config(cfg) else from_hf_config(cfg, where)
+    return named_like_preset(spec)
+
+
+def named_like_preset(spec: ModelSpec) -> ModelSpec:
+    """A spec that equals a preset's shapes takes its name (gpt-oss-20b, ...); token ids and limits aside."""
+    ignore = dict(name="", bos_token_id=0, eos_token_id=0, pad_token_id=0, max_position_embeddings=1)
+    for p in PRESETS.values():
+        if p.replace(**ignore) == spec.replace(**ignore):
+            return spec.replace(name=p.name)
+    return spec
 
 
 def load_config(path: Path) -> dict:
