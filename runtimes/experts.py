@@ -164,6 +164,9 @@ class ExpertStore:
         self.pinned_bytes = self.peak_bytes = sum(x.nbytes for x in self._pinned.values())
 
     def _check_fits(self, expert_bytes: int, pinned: int, pinned_bytes: int) -> None:
+        everything_pinned = pinned == self.spec.num_hidden_layers * self.spec.num_local_experts
+        if everything_pinned and self.budget is not None and self.budget >= pinned_bytes:
+            return  # nothing is ever fetched: no cache slot needed
         if self.budget is not None and self.budget - pinned_bytes < expert_bytes:
             raise UsageError(f"expert budget {human(self.budget)} leaves less than one expert "
                              f"({human(expert_bytes)}) beside {pinned} pinned experts ({human(pinned_bytes)})")

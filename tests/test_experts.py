@@ -166,3 +166,19 @@ def test_all_logits_is_unchanged_by_a_tight_budget(tiny_hf, tokens):
     assert np.array_equal(all_logits(free, tokens[:30], chunk=7), all_logits(tight, tokens[:30]))
     assert tight.stats()["experts"]["peak_bytes"] <= 14 * 1024
     free.close(), tight.close()
+
+
+def test_a_plan_that_pins_every_expert_needs_no_cache_slot(tiny_hf, tmp_path):
+    import json
+
+    from edgeoss.runtimes.engine import load_engine
+    from edgeoss.spec import preset, sizes
+
+    spec = preset("tiny")
+    pinned = {str(layer): list(range(spec.num_local_experts)) for layer in range(spec.num_hidden_layers)}
+    budget = sizes(spec).bytes_per_expert * spec.num_hidden_layers * spec.num_local_experts
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"experts": {"pinned": pinned, "budget_bytes": budget}}))
+    engine = load_engine("reference", tiny_hf, plan=plan)
+    engine.prefill([1, 2, 3])
+    assert engine.stats()["experts"]["misses"] == 0
