@@ -72,6 +72,7 @@ from .profiles import DeviceProfile
 from .runtimes.trace import Trace
 from .spec import ModelSpec
 from .units import human
+from .jsonfile import read_json
 
 FORMAT, VERSION = "edgeoss-plan", 1
 MIB = 1 << 20
@@ -473,13 +474,7 @@ def write_plan(path: str | Path, plan: dict) -> Path:
 
 
 def read_plan(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such plan file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    plan = read_json(path, "plan file")
     if not isinstance(plan, dict) or plan.get("format") != FORMAT:
         raise UsageError(f"{path}: not an edgeoss plan (format is not {FORMAT!r})")
     if plan.get("version") != VERSION:

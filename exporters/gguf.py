@@ -22,7 +22,6 @@ The same checkpoint always gives the same bytes, whatever its layout.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from edgeoss.safetensors_io import NUMPY_DTYPES, bf16_to_f32
 from edgeoss.spec import ModelSpec, tensor_table
 from edgeoss.exporters.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, REQUIRED_KEYS,
                                           expert_name, tensor_name)
+from edgeoss.jsonfile import read_json
 
 CHUNK_BYTES = 32 << 20  # source bytes per chunk of a dense tensor
 LLAMA_CPP_SWIGLU_LIMIT = 7.0  # hard-coded in llama.cpp's gpt-oss graph (no metadata key)
@@ -248,12 +248,7 @@ def check_expert_order(spec: ModelSpec, expert_order: ExpertOrder, where: str = 
 def read_plan_expert_order(plan_path: str | Path, spec: ModelSpec) -> dict[int, list[int]]:
     """The per-layer expert permutation of a plan file: {"experts": {"order": {"<layer>": [ids...]}}}."""
     path = Path(plan_path)
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such plan file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    plan = read_json(path, "plan file")
     if isinstance(plan, dict) and plan.get("fits") is False and plan.get("experts") is None:
         raise UsageError(f"{path}: this plan does not fit its device, so it places no experts "
                          "(see its advice; make a plan that fits first)")

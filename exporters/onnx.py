@@ -49,6 +49,7 @@ from edgeoss.progress import byte_progress
 from edgeoss.runtimes.rope import correction_range
 from edgeoss.safetensors_io import bf16_to_f32
 from edgeoss.spec import BF16, ModelSpec
+from edgeoss.jsonfile import read_json
 
 MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_config.json", "edgeoss.json"
 OPSETS = {"": 23, MS: 1}
@@ -322,12 +323,7 @@ def plan_max_length(plan_path: str | Path) -> int | None:
     (A plan's experts.order is not applied: QMoE keeps every expert of a layer resident, so order changes
     nothing in ONNX Runtime.)"""
     path = Path(plan_path)
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such plan file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    plan = read_json(path, "plan file")
     if not isinstance(plan, dict):
         raise UsageError(f"{path}: not a plan (expected a JSON object)")
     ortgenai = (plan.get("engines") or {}).get("ortgenai") or {}

@@ -17,7 +17,6 @@ top-level `"experts": {"pinned": {...}, "budget_bytes": N}`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from edgeoss.mxfp4 import dequantize
 from edgeoss.runtimes import kernels
 from edgeoss.safetensors_io import bf16_to_f32
 from edgeoss.units import human
+from edgeoss.jsonfile import read_json
 
 
 class Projection(Protocol):
@@ -113,12 +113,7 @@ class ExpertPlan:
 
 def load_plan(path: str | Path) -> ExpertPlan:
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such plan file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not a readable JSON plan ({e})") from None
+    doc = read_json(path, "plan file")
     section = doc.get("experts", doc) if isinstance(doc, dict) else None
     if not isinstance(section, dict) or not isinstance(section.get("pinned", {}), dict):
         raise UsageError(f"{path}: expected {{\"pinned\": {{\"<layer>\": [expert ids]}}}} "

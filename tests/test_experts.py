@@ -153,7 +153,7 @@ def test_plan_shapes(tmp_path):
     for bad, message in (("[1, 2]", "expected"), ('{"pinned": {"x": [1]}}', "pinned\\['x'\\]"),
                          ('{"pinned": {"0": [1.5]}}', "list of expert ids"),
                          ('{"experts": {"budget_bytes": -3}}', "budget_bytes must be a positive integer"),
-                         ("{", "not a readable JSON plan")):
+                         ("{", "not valid JSON")):
         (tmp_path / "bad.json").write_text(bad)
         with pytest.raises(UsageError, match=message):
             load_plan(tmp_path / "bad.json")
