@@ -67,14 +67,6 @@ def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str,
                        prompt_tokens=args.prompt_tokens)
 
 
-def llamacpp_options(planned: dict) -> dict[str, Any]:
-    """The plan's llama.cpp settings as LlamaCppEngine options (threads: this machine's; no GPU here)."""
-    overrides = dict(o.rsplit("=", 1) for o in planned["override_tensors"])
-    return {"n_ctx": planned["n_ctx"], "use_mmap": planned["use_mmap"], "flash_attn": planned["flash_attn"],
-            "f32_kv": planned["type_k"] == "f32", "cpu_moe_layers": planned["n_cpu_moe"] or None,
-            "tensor_overrides": overrides or None}
-
-
 def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argparse.Namespace,
              skipped: dict[str, str]) -> list[Setting]:
     """What runs at this budget; a setting that cannot run is recorded in `skipped` (label -> why)."""
@@ -95,9 +87,10 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
         skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
     else:
         from edgeoss.plan import llamacpp_settings
+        from edgeoss.runtimes.llamacpp import options_from_plan
 
         planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
-        runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, llamacpp_options(planned),
+        runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, options_from_plan(planned),
                             {"fits": planned["fits"], "ram_bytes": planned["ram_bytes"]}))
     if why_not_plan or not have("edgeoss.runtimes.reference"):
         skipped["reference + plan"] = why_not_plan or "edgeoss.runtimes.reference missing"

@@ -185,3 +185,11 @@ class LlamaCppEngine:
         if llm is not None:
             llm.close()
             self._llm = None
+
+
+def options_from_plan(settings: dict) -> dict:
+    """A plan's `engines.llamacpp` settings as LlamaCppEngine options (threads stay this machine's)."""
+    overrides = dict(o.rsplit("=", 1) for o in settings.get("override_tensors") or [])
+    return {"n_ctx": settings["n_ctx"], "use_mmap": settings["use_mmap"], "flash_attn": settings["flash_attn"],
+            "f32_kv": settings["type_k"] == "f32", "cpu_moe_layers": settings["n_cpu_moe"] or None,
+            "tensor_overrides": overrides or None}

@@ -75,3 +75,20 @@ def test_profile_under_a_memory_limit_reports_a_kill_cleanly(artifacts, cli):
     fits = json.loads(cli("profile", artifacts["checkpoint"], "--prompt-tokens", "8", "--gen-tokens", "2",
                           "--runs", "1", "--memory-limit", "2GiB", "--json", check=True).stdout)
     assert not fits["killed"] and 0 < fits["peak_bytes"] <= 2 << 30 and fits["profile"]["decode_tok_s"]["median"] > 0
+
+
+def test_plan_checked_on_its_device_and_run_under_a_limit(artifacts, tmp_path, cli):
+    if cli("profile", artifacts["checkpoint"], "--memory-limit", "1GiB", "--runs", "1", "--prompt-tokens", "4",
+           "--gen-tokens", "1").returncode == 2:
+        pytest.skip("cgroups unavailable")
+    plan = tmp_path / "plan.json"
+    cli("plan", artifacts["checkpoint"], "--device", "pixel-9-pro", "--context", "512", "-o", plan, check=True)
+    report = json.loads(cli("profile", artifacts["checkpoint"], "--device", "pixel-9-pro", "--plan", plan,
+                            "--prompt-tokens", "16", "--gen-tokens", "4", "--runs", "1", "--json", check=True).stdout)
+    assert report["memory_limit_bytes"] == 10 * 2**30  # the Pixel 9 Pro profile's app budget
+    assert not report["killed"] and report["peak_bytes"] <= report["memory_limit_bytes"]
+    assert report["plan_prediction"]["decode_tok_s"] > 0
+    ok = cli("run", artifacts["checkpoint"], "--prompt", "hi", "--max-new-tokens", "3", "--memory-limit", "1GiB")
+    assert ok.returncode == 0 and "memory cgroup: fits" in ok.stderr
+    killed = cli("run", artifacts["checkpoint"], "--prompt", "hi", "--max-new-tokens", "3", "--memory-limit", "50MiB")
+    assert "killed by the out-of-memory killer" in killed.stderr and "Traceback" not in killed.stderr

@@ -54,10 +54,15 @@ emulate_option = click.option("--emulate", multiple=True, metavar="NAME",
 @click.option("--engine", default="reference", show_default=True,
               help="reference | llamacpp | onnxruntime | ortgenai (the artifact must suit it)")
 @emulate_option
+@click.option("--memory-limit", metavar="SIZE", help="run inside a fresh memory cgroup of this size (page cache "
+                                                    "charged); an out-of-memory kill is reported, not raised")
 def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new_tokens: int, temperature: float,
         top_p: float, seed: int, budget: str | None, plan: Path | None, trace_path: Path | None, engine: str,
-        emulate: tuple[str, ...]) -> None:
+        emulate: tuple[str, ...], memory_limit: str | None) -> None:
     """Chat one prompt: render harmony, stream the reply by channel, then print speed and cache statistics."""
+    if memory_limit:
+        _run_limited(memory_limit)
+        return
     from ..harmony import STOP_TOKENS, CompletionParser, render_prompt
     from ..runtimes.engine import load_engine
     from ..runtimes.generate import Sampling, generate
@@ -155,6 +160,29 @@ def _parse_tokens(text: str) -> list[int]:
     if not tokens:
         raise UsageError("--tokens: no token ids given")
     return tokens
+
+
+def _run_limited(limit: str) -> None:
+    """This same command, without --memory-limit, in a child process inside a memory cgroup of that size."""
+    import sys
+
+    from ..memlimit import run_limited
+    from ..units import human, parse_size
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--memory-limit":
+            skip = not skip and arg == "--memory-limit"
+            continue
+        if not arg.startswith("--memory-limit="):
+            argv.append(arg)
+    result = run_limited([sys.executable, "-m", "edgeoss", *argv], parse_size(limit))
+    click.echo(result.stdout, nl=False)
+    err.print(result.stderr.rstrip(), highlight=False, markup=False)
+    verdict = "killed by the out-of-memory killer" if result.killed else \
+        "timed out" if result.timed_out else "fits" if result.ok else f"failed (exit {result.returncode})"
+    err.print(f"inside a {human(result.limit_bytes)} memory cgroup: {verdict}; peak {human(result.peak_bytes)}, "
+              f"read {human(result.read_bytes)} from disk, {result.major_faults} major faults", highlight=False)
 
 
 @click.command()

@@ -137,11 +137,17 @@ def _print_profile(r: dict) -> None:
 @click.option("--sweep", help="reference runtime: comma-separated budgets to sweep, e.g. 1MiB,4MiB,16MiB")
 @click.option("--memory-limit", help="run inside a fresh memory cgroup of this size (page cache charged), "
                                      "e.g. 6GiB; a kill is reported, not raised")
+@click.option("--device", help="device profile: its app budget becomes the memory limit (unless --memory-limit)")
+@click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="run with this plan's engine settings")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", type=click.Path(path_type=Path), help="write a PNG (per-layer time or the sweep curve)")
 def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, runs: int, memory_budget: str | None,
-            sweep: str | None, memory_limit: str | None, as_json: bool, plot: Path | None) -> None:
-    """Measure TTFT, prefill and decode speed, peak memory and disk reads of an engine on an artifact."""
+            sweep: str | None, memory_limit: str | None, device: str | None, plan_path: Path | None, as_json: bool,
+            plot: Path | None) -> None:
+    """Measure TTFT, prefill and decode speed, peak memory and disk reads of an engine on an artifact.
+
+    With --device NAME --plan plan.json this is the check that a plan fits: the engine runs with the plan's
+    settings inside a memory cgroup as large as the device's app budget (page cache charged)."""
     from .. import plots
     from ..errors import UsageError
     from ..profiler import profile as measure
@@ -178,9 +184,19 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
             out.print(t)
         return
     options = {"memory_budget": parse_size(memory_budget)} if memory_budget else {}
+    plan = None
+    if plan_path:
+        from ..plan import read_plan
+
+        plan = read_plan(plan_path)
+        options.update(_plan_options(engine, plan, plan_path))
+    if device and not memory_limit:
+        from ..profiles import load_profile
+
+        memory_limit = str(load_profile(device).app_budget_bytes)
     if memory_limit:
         _profile_limited(engine, artifact, parse_size(memory_limit), options, prompt_tokens, gen_tokens, runs,
-                         as_json)
+                         as_json, plan)
         return
     result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options).as_dict()
     if plot and "time_by_layer" in result["engine_stats"]:
@@ -191,8 +207,25 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         _print_profile(result)
 
 
+def _plan_options(engine: str, plan: dict, path: Path) -> dict:
+    """The engine options a plan sets; a plan that does not fit sets nothing and says why."""
+    from ..errors import UsageError
+
+    if not plan.get("engines"):
+        raise UsageError(f"{path}: the plan does not fit its device ({'; '.join(plan.get('advice') or [])})")
+    if engine == "reference":
+        return {"plan": str(path)}
+    if engine == "llamacpp":
+        from ..runtimes.llamacpp import options_from_plan
+
+        return options_from_plan(plan["engines"]["llamacpp"])
+    if engine == "ortgenai":
+        return {"max_length": plan["engines"]["ortgenai"]["max_length"]}
+    return {}
+
+
 def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, prompt_tokens: int, gen_tokens: int,
-                     runs: int, as_json: bool) -> None:
+                     runs: int, as_json: bool, plan: dict | None = None) -> None:
     """The profile in a child process inside a memory cgroup: the check that a plan really fits."""
     from ..memlimit import run_profile_limited
     from ..units import human
@@ -202,7 +235,8 @@ def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, pro
     report = {"memory_limit_bytes": run.limit_bytes, "killed": run.killed, "timed_out": run.timed_out,
               "returncode": run.returncode, "peak_bytes": run.peak_bytes, "oom_kills": run.oom_kills,
               "failcnt": run.failcnt, "major_faults": run.major_faults, "read_bytes": run.read_bytes,
-              "page_cache_bytes": run.page_cache_bytes, "wall_s": run.wall_s, "profile": run.result}
+              "page_cache_bytes": run.page_cache_bytes, "wall_s": run.wall_s, "profile": run.result,
+              "plan_prediction": (plan or {}).get("prediction"), "plan_memory": (plan or {}).get("memory")}
     if as_json:
         print_json(report)
         return
@@ -217,6 +251,9 @@ def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, pro
     t.add_row("read from disk", human(run.read_bytes))
     t.add_row("major page faults", str(run.major_faults))
     t.add_row("OOM kills / failcnt", f"{run.oom_kills} / {run.failcnt}")
+    if plan and plan.get("prediction"):
+        t.add_row("the plan said", f"{human(plan['memory']['total_bytes'])} in all, "
+                                   f"{plan['prediction']['decode_tok_s']:.2f} tok/s on {plan['device']['name']}")
     out.print(t)
     if not run.ok and not run.killed and run.stderr.strip():
         err.print(run.stderr.strip().splitlines()[-1], highlight=False)
