@@ -117,6 +117,23 @@ def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> st
     return "UNEXPLAINED deviation: possible export bug"
 
 
+def emulation(switches: dict[str, Any]):
+    """The reference runtime's Emulation for an artifact's known numerics. "int4_experts" re-quantizes every
+    expert exactly as the ONNX int4 export stores it (the exporter's own encoder, applied as the expert loads)."""
+    from .runtimes.reference import Emulation
+
+    if not switches.get("int4_experts"):
+        return Emulation(**switches)
+    from .exporters.onnx_experts import int4_values
+    from .runtimes.experts import DenseMatrix, Expert
+
+    def requantized(e: Expert) -> Expert:
+        as_int4 = lambda m: DenseMatrix(int4_values(m.blocks, m.scales))  # noqa: E731
+        return Expert(e.layer, e.index, as_int4(e.gate_up), e.gate_up_bias, as_int4(e.down), e.down_bias)
+
+    return Emulation(expert_transform=requantized)
+
+
 def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, prompt: int, greedy: int,
                               options: dict) -> tuple[np.ndarray, list[int]]:
     from .runtimes.engine import all_logits, load_engine
@@ -165,7 +182,7 @@ def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt:
         if art.emulation and m.max_abs > EXACT:
             on_progress(f"reference runtime emulating {art.emulation_note}")
             emu_logits, _ = _engine_logits_and_greedy("reference", checkpoint, tokens, prompt, 0,
-                                                      {"emulation": art.emulation})
+                                                      {"emulation": emulation(art.emulation)})
             emulated = Metrics.between(emu_logits, logits)
         entries.append(Entry(art.label, art.engine, m, greedy_match(original_greedy, out), greedy, emulated,
                              art.emulation_note, verdict(m, emulated, art.emulation_note)))

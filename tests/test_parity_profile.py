@@ -14,7 +14,8 @@ def artifacts(tiny_hf, tmp_path_factory):
     work = tmp_path_factory.mktemp("artifacts")
     gguf = export_gguf(tiny_hf, work / "tiny.gguf")[0]
     onnx = export_onnx(tiny_hf, work / "onnx", experts="int8", max_length=512, progress=False).path
-    return {"checkpoint": tiny_hf, "gguf": gguf, "onnx": onnx}
+    onnx4 = export_onnx(tiny_hf, work / "onnx4", experts="int4", max_length=512, progress=False).path
+    return {"checkpoint": tiny_hf, "gguf": gguf, "onnx": onnx, "onnx4": onnx4}
 
 
 def test_parity_report_on_the_tiny_checkpoint(artifacts, tmp_path, cli):
@@ -92,3 +93,12 @@ def test_plan_checked_on_its_device_and_run_under_a_limit(artifacts, tmp_path, c
     assert ok.returncode == 0 and "memory cgroup: fits" in ok.stderr
     killed = cli("run", artifacts["checkpoint"], "--prompt", "hi", "--max-new-tokens", "3", "--memory-limit", "50MiB")
     assert "killed by the out-of-memory killer" in killed.stderr and "Traceback" not in killed.stderr
+
+
+def test_parity_attributes_int4_requantization(artifacts, cli):
+    proc = cli("parity", artifacts["checkpoint"], "--onnx", artifacts["onnx4"], "--positions", "120", "--greedy", "4",
+               "--json", check=True)
+    int4 = json.loads(proc.stdout)["entries"][-1]
+    assert int4["vs_original"]["max_abs"] > 1e-2  # lossy ...
+    assert int4["verdict"] == "engine difference, expected: int4 re-quantized experts"  # ... and explained
+    assert int4["vs_emulation"]["median_abs"] < 1e-4
