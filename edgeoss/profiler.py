@@ -54,6 +54,7 @@ class ProfileResult:
     disk_read_bytes_per_decode_token: float
     engine_stats: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
+    projection: dict[str, Any] = field(default_factory=dict)  # onto a device profile, when one was named
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,8 +110,36 @@ def random_prompt(spec: ModelSpec, n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, upper, size=n).tolist()
 
 
+def project(spec: ModelSpec, device_name: str, engine_name: str, stats: dict, flash_bytes_per_token: float,
+            context: int) -> dict[str, Any]:
+    """The measured work of one decode token on a device: the bytes the engine touched in RAM (dense weights
+    and the experts it found resident), the bytes it read from storage and the FLOPs, through the device's
+    memory bandwidth, flash and compute with the planner's efficiency factors; next to the planner's own
+    prediction for the same model, device, engine and context."""
+    from .plan import PlanRequest, make_plan
+    from .predict import Calibration, _tier_s, dense_params_per_token, flash_read_s
+    from .profiles import load_profile
+    from .spec import sizes
+
+    device, cal, s = load_profile(device_name), Calibration(), sizes(spec)
+    experts = stats.get("experts") or {}
+    per_token = spec.num_hidden_layers * spec.num_experts_per_tok
+    misses = min(per_token, flash_bytes_per_token / s.bytes_per_expert) if experts else 0.0
+    ram_bytes = 2 * dense_params_per_token(spec) + (per_token - misses) * s.bytes_per_expert
+    flops = 2 * s.params_active
+    step = _tier_s(ram_bytes, flops, device.memory_bandwidth_gb_s, device.cpu_gflops, cal) + \
+        flash_read_s(flash_bytes_per_token, misses, device, cal)
+    engine = "llamacpp" if engine_name == "llamacpp" else "reference"
+    plan = make_plan(PlanRequest(spec=spec, device=device, context=min(context, spec.max_position_embeddings),
+                                 engine=engine))
+    planned = (plan.get("prediction") or {}).get("decode_tok_s")
+    return {"device": device.name, "decode_tok_s": 1.0 / step, "ram_bytes_per_token": ram_bytes,
+            "flash_bytes_per_token": flash_bytes_per_token, "flops_per_token": flops,
+            "planner_decode_tok_s": planned or 0.0, "planner_fits": plan["fits"]}
+
+
 def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
-            options: dict[str, Any] | None = None, warmup: bool = True) -> ProfileResult:
+            options: dict[str, Any] | None = None, warmup: bool = True, device: str | None = None) -> ProfileResult:
     from .runtimes.engine import load_engine
 
     options = dict(options or {})
@@ -156,4 +185,14 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
         rss_before_load_bytes=rss_before, rss_after_load_bytes=rss_after_load,
         disk_read_bytes=disk_read_bytes() - read_before,
         disk_read_bytes_per_decode_token=read_decode / max(1, runs * gen_tokens),
-        engine_stats=stats, machine=machine_description())
+        engine_stats=stats, machine=machine_description(),
+        projection=project(engine.spec, device, engine_name, stats, _flash_per_token(stats, read_decode, runs,
+                                                                                     gen_tokens),
+                           prompt_tokens + gen_tokens) if device else {})
+
+
+def _flash_per_token(stats: dict, read_decode: int, runs: int, gen_tokens: int) -> float:
+    """Expert bytes an engine fetched per decode token (the reference counts them), else what it read."""
+    if "decode_bytes_read_per_token" in stats:
+        return float(stats["decode_bytes_read_per_token"])
+    return read_decode / max(1, runs * gen_tokens)

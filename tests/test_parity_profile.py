@@ -40,7 +40,8 @@ def test_parity_report_on_the_tiny_checkpoint(artifacts, tmp_path, cli):
 def test_profile_fields_are_sane(engine, artifacts):
     artifact = {"reference": "checkpoint", "llamacpp": "gguf"}.get(engine, "onnx")
     options = {"memory_budget": 100 << 10} if engine == "reference" else {}
-    r = profile(engine, artifacts[artifact], prompt_tokens=24, gen_tokens=6, runs=2, options=options)
+    r = profile(engine, artifacts[artifact], prompt_tokens=24, gen_tokens=6, runs=2, options=options,
+                device="pixel-9-pro")
     assert r.runs == 2 and r.load_s > 0
     assert 0 < r.ttft_s.min <= r.ttft_s.median <= r.ttft_s.max
     assert r.prefill_tok_s.median > 0 and r.decode_tok_s.median > 0
@@ -49,6 +50,9 @@ def test_profile_fields_are_sane(engine, artifacts):
     assert r.peak_rss_bytes >= r.rss_after_load_bytes > r.rss_before_load_bytes
     assert r.peak_rss_bytes > model_bytes * 0.3  # at least the weights the engine keeps resident
     assert r.machine["cores"] >= 1 and r.disk_read_bytes >= 0
+    p = r.projection
+    assert p["device"] == "pixel-9-pro" and p["decode_tok_s"] > 0 and p["ram_bytes_per_token"] > 0
+    assert p["planner_fits"] and p["planner_decode_tok_s"] > 0
     if engine == "reference":
         experts = r.engine_stats["experts"]
         assert 0 <= experts["hit_rate"] <= 1 and experts["misses"] > 0

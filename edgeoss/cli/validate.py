@@ -117,10 +117,12 @@ def _print_profile(r: dict) -> None:
     for key, value in stats.items():
         if not isinstance(value, (list, dict)) and key not in ("engine",) and not key.startswith(("prefill_", "decode_")):
             t.add_row(f"engine: {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
-    if "projection" in r:
+    if r.get("projection"):
         p = r["projection"]
-        t.add_row(f"on {p['device']}", f"projected decode {p['decode_tok_s']:.2f} tok/s; planner predicts "
-                                       f"{p['planner_decode_tok_s']:.2f} tok/s")
+        planner = f"{p['planner_decode_tok_s']:.2f} tok/s" if p["planner_fits"] else "does not fit"
+        t.add_row(f"on {p['device']}", f"projected decode {p['decode_tok_s']:.2f} tok/s from the measured "
+                                       f"{human(p['ram_bytes_per_token'])} RAM + {human(p['flash_bytes_per_token'])}"
+                                       f" flash per token; the planner predicts {planner}")
     m = r["machine"]
     t.add_row("machine", f"{m['cpu']}, {m['cores']} cores, {human(m['ram_bytes'])} RAM, load {m['load_avg_1m']:.2f}")
     out.print(t)
@@ -137,7 +139,7 @@ def _print_profile(r: dict) -> None:
 @click.option("--sweep", help="reference runtime: comma-separated budgets to sweep, e.g. 1MiB,4MiB,16MiB")
 @click.option("--memory-limit", help="run inside a fresh memory cgroup of this size (page cache charged), "
                                      "e.g. 6GiB; a kill is reported, not raised")
-@click.option("--device", help="device profile: its app budget becomes the memory limit (unless --memory-limit)")
+@click.option("--device", help="device profile: project the measurement onto it; with --plan, also run inside its app budget")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="run with this plan's engine settings")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", type=click.Path(path_type=Path), help="write a PNG (per-layer time or the sweep curve)")
@@ -190,7 +192,7 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
 
         plan = read_plan(plan_path)
         options.update(_plan_options(engine, plan, plan_path))
-    if device and not memory_limit:
+    if device and plan_path and not memory_limit:  # "does this plan fit this device": run inside its budget
         from ..profiles import load_profile
 
         memory_limit = str(load_profile(device).app_budget_bytes)
@@ -198,7 +200,7 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         _profile_limited(engine, artifact, parse_size(memory_limit), options, prompt_tokens, gen_tokens, runs,
                          as_json, plan)
         return
-    result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options).as_dict()
+    result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options, device=device).as_dict()
     if plot and "time_by_layer" in result["engine_stats"]:
         plots.per_layer_time(result["engine_stats"]["time_by_layer"], plot)
     if as_json:
