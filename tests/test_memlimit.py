@@ -173,7 +173,7 @@ def test_interrupting_edgeoss_removes_the_cgroup(signum, returncode):
         time.sleep(0.02)
     sleeper = int((groups[0] / "cgroup.procs").read_text().split()[0])
     runner.send_signal(signum)
-    _, stderr = runner.communicate(timeout=30)
+    _, stderr = runner.communicate(timeout=90)  # cleanup may wait out a busy cgroup on a loaded machine
     assert runner.returncode == returncode, stderr
     assert not groups[0].exists()
     with pytest.raises(ProcessLookupError):

@@ -234,7 +234,7 @@ def test_android_bundle_verifies_and_follows_the_contract(android_bundle, cli):
     m = read_manifest(android_bundle)
     assert set(m) == ANDROID_KEYS and m["target"] == "android" and m["context"] == 256
     tiny = preset("tiny")
-    assert m["model"] == {"name": "gpt-oss", "num_hidden_layers": 4, "num_local_experts": 8, "num_experts_per_tok": 2,
+    assert m["model"] == {"name": "gpt-oss-tiny", "num_hidden_layers": 4, "num_local_experts": 8, "num_experts_per_tok": 2,
                           "hidden_size": 64, "vocab_size": 201088, "params_total": sizes(tiny).params_total,
                           "params_active": sizes(tiny).params_active}
     shards = shards_of(android_bundle)
