@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import EdgeossError, UsageError
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file", error: type[EdgeossError] = UsageError) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such {what}") from None
+        raise error(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+        raise error(f"{path}: not valid JSON ({e})") from None

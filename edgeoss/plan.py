@@ -357,12 +357,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
 
 def load_calibration(path: str | Path, req: PlanRequest) -> Calibration:
     """`--calibrate FILE`: explicit efficiencies, or an `edgeoss profile --json` result to fit them to."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such calibration file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "calibration file")
     if isinstance(data, dict) and "decode_tok_s" in data:
         return calibration_from_profile(req, data, str(path))
     return Calibration.from_dict(data, str(path))

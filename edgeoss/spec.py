@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .jsonfile import read_json
 
 MXFP4_BLOCK = 32  # elements per MXFP4 block (one E8M0 scale byte each)
 MXFP4_BLOCK_BYTES = MXFP4_BLOCK // 2  # packed 4-bit codes per block
@@ -254,12 +255,7 @@ def named_like_preset(spec: ModelSpec) -> ModelSpec:
 
 def load_config(path: Path) -> dict:
     """Read a config.json, turning every way it can be broken into one SpecError line."""
-    try:
-        cfg = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path, "file", SpecError)
     if not isinstance(cfg, dict):
         raise SpecError(f"{path}: expected a JSON object")
     return cfg
