@@ -16,16 +16,18 @@ matrices), one token at a time per row, float32 accumulation:
 - `bf16_matmul`: W as bf16 bits (uint16, the checkpoint's own mmapped bytes), widened by a 16-bit shift.
 - `attention`: per (query, head), exactly its visible keys, in position order.
 
-A token's arithmetic never depends on the batch it comes in (the same per-token code runs for every T, and
-the serial/threaded variant is chosen by the weight's shape), so a decode step reproduces a prefill bit for
-bit. Keep inputs' types uniform too (e.g. weights read-only, like the mapped checkpoint): numba compiles one
-specialization per type, and two specializations may vectorize differently.
+A token's arithmetic never depends on the batch it comes in (the same per-token code runs for every T; a
+matmul's serial/threaded variant is chosen by the weight's shape, attention always runs threaded), so a decode
+step reproduces a prefill bit for bit. Keep inputs' types uniform too (e.g. weights read-only, like the mapped
+checkpoint): numba compiles one specialization per type, and two specializations may vectorize differently.
 
 `q8_0_roundtrip` reproduces what llama.cpp does to activations before an MXFP4 matmul (Q8_0, blocks of 32):
 d = amax / 127 stored as f16, q = round-half-even(x * 127 / amax), x' = q * d.
 """
 
 from __future__ import annotations
+
+import types as pytypes
 
 import llvmlite.binding as llvm
 import numba
@@ -74,7 +76,17 @@ def _serial_and_parallel(kernel):
     busy machine). Both variants run the same per-row / per-query code (tests check they agree bit for bit);
     matmuls choose by the weight's shape alone, never by the batch."""
     options = dict(fastmath=True, cache=True)
-    return numba.njit(parallel=False, **options)(kernel), numba.njit(parallel=True, **options)(kernel)
+    return numba.njit(parallel=False, **options)(kernel), numba.njit(parallel=True, **options)(_renamed(kernel))
+
+
+def _renamed(kernel, suffix: str = "_parallel"):
+    """The same code under another qualified name. numba's on-disk cache is keyed by the function's module and
+    qualified name, not by its compile options: without this, the parallel variant loads the serial variant's
+    cached machine code (or the reverse) and silently runs on one thread."""
+    copy = pytypes.FunctionType(kernel.__code__, kernel.__globals__, kernel.__name__ + suffix, kernel.__defaults__,
+                                kernel.__closure__)
+    copy.__qualname__ = kernel.__qualname__ + suffix
+    return copy
 
 
 PARALLEL_MIN_WORK = 1 << 20  # multiply-adds (a matmul counts its weights) below which one thread runs
@@ -267,7 +279,10 @@ def _attention(q, keys, values, q_pos, k_pos, sinks, window, out):
                 out[t, h, i] += weight * values[s, kv, i]
 
 
-_ATTENTION = _serial_and_parallel(_attention)
+# One variant only: numba compiles a prange body differently from the same loop run serially (the two differ
+# in the last bits), and the attention work depends on the batch, so picking by size would make a decode step
+# differ from a prefill of the same tokens. Threads over (query, head) pay off from a few heads on anyway.
+_ATTENTION = numba.njit(parallel=True, fastmath=True, cache=True)(_attention)
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
@@ -277,7 +292,7 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, q_pos: np.nda
     Keys must be in position order (k_pos ascending). Each (query, head) visits exactly its visible keys in
     that order, so a query's result does not depend on how the sequence was batched."""
     out = np.empty(q.shape, dtype=np.float32)
-    _pick(_ATTENTION, q.size * len(k_pos))(
+    _ATTENTION(
         np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(keys, dtype=np.float32),
         np.ascontiguousarray(values, dtype=np.float32), np.ascontiguousarray(q_pos, dtype=np.int64),
         np.ascontiguousarray(k_pos, dtype=np.int64), np.ascontiguousarray(sinks, dtype=np.float32),
@@ -300,4 +315,4 @@ def warm_up() -> None:
     for variant in (0, 1):
         _MXFP4_MATMUL[variant](half, half, blocks, scales, np.empty((1, 1), dtype=np.float32))
         _BF16_MATMUL[variant](x, bits, np.empty((1, 1), dtype=np.float32))
-        _ATTENTION[variant](q, q, q, positions, positions, np.zeros(1, dtype=np.float32), 0, np.empty_like(q))
+    _ATTENTION(q, q, q, positions, positions, np.zeros(1, dtype=np.float32), 0, np.empty_like(q))

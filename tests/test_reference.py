@@ -3,6 +3,8 @@ cache, its rope, its kernels, its emulation switches and its routing traces."""
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,14 +209,17 @@ def test_q8_0_roundtrip_matches_ggml_rules():
     assert np.all(np.abs(q - np.rint(q)) < 1e-3) and np.abs(q).max() <= 127
 
 
-def test_attention_serial_and_parallel_agree():
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((6, 8, 16), dtype=np.float32)
-    keys, values = rng.standard_normal((2, 30, 2, 16), dtype=np.float32)
-    args = (q, keys, values, np.arange(24, 30), np.arange(30), rng.standard_normal(8, dtype=np.float32), 5)
-    serial, parallel = np.empty_like(q), np.empty_like(q)
-    kernels._ATTENTION[0](*args, serial), kernels._ATTENTION[1](*args, parallel)
-    assert np.array_equal(serial, parallel)
+def test_threaded_kernels_really_run_threads_when_loaded_from_numba_cache():
+    """numba keys its on-disk cache by qualified name, not by options: a parallel variant sharing the serial
+    one's name once loaded the serial machine code and ran on one thread. A fresh process (cache warm from
+    this one) must start numba's thread pool when it calls a threaded kernel."""
+    kernels.warm_up()  # writes the cache
+    code = ("import numpy as np, numba; from edgeoss.runtimes import kernels; kernels.warm_up(); "
+            "x = np.zeros((1, 32), np.float32); b = np.zeros((64, 32), np.uint16); b.setflags(write=False); "
+            "kernels._BF16_MATMUL[1](x, b, np.empty((1, 64), np.float32)); print(numba.threading_layer())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert kernels._MXFP4_MATMUL[0].py_func.__qualname__ != kernels._MXFP4_MATMUL[1].py_func.__qualname__
 
 
 # ---- emulation switches --------------------------------------------------------------------------------
