@@ -14,11 +14,20 @@ Full-attention layers hold every position; sliding layers hold the window. The r
 `context` and `min(context, window)` cells. llama.cpp pads n_ctx to 256 cells and, without `--swa-full`
 (its default), sizes a sliding layer at pad256(window + n_ubatch).
 
+The reference keeps its KV cache in float32 whatever `--kv-type` says (`EngineTraits.kv_type`), and grows it
+as positions arrive (capacity not yet written is never touched, so never resident).
+
+Mapped embedding. An engine that maps the weights file (the reference) reads one embedding row per token: only
+the pages of rows it touched are resident, at most `context` rows of ceil(row / 4 KiB) + 1 pages each, never
+more than the table (`resident_dense_bytes`). Everything else it maps (unembedding, attention, router) is read
+in full by every token, so it is resident.
+
 Scratch. The activations of one layer for one prefill chunk (float32: residual and its norm, q, k, v,
 attention output, router logits, k experts' gate/up and down outputs), attention scores where the engine
-materializes them (the reference does, chunk x heads x context; llama.cpp with flash attention does not),
-the logits it returns (the reference returns every position of a chunk, llama.cpp one), and, for an engine
-that streams experts, a buffer for one layer's k missed experts.
+materializes them (llama.cpp with flash attention does not; the reference's kernel keeps one row per
+(query, head) task), the logits it returns (the reference returns every prompt position: the prompt's rows
+plus the chunk being computed; llama.cpp one row), and, for an engine that streams experts, a buffer for one
+layer's k missed experts.
 
 Engine overhead. The engine's own code and runtime (measured: Python + numpy + numba + edgeoss import at
 98 MiB RSS on our build machine; we count 128 MiB for the reference; llama.cpp's library and threads are an
@@ -60,14 +69,18 @@ class EngineTraits:
     streams_experts: bool  # can run with experts left on flash
     prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch)
     materializes_scores: bool  # attention scores [chunk, heads, context] exist at once
-    logits_per_position: bool  # prefill returns a logits row for every position of a chunk
+    logits_per_position: bool  # prefill returns a logits row for every prompt position
     runtime_bytes: int
+    maps_embedding: bool  # the embedding table is mapped from the file: only touched rows are resident
+    kv_type: str | None  # the KV cache's type whatever was asked (None: as asked)
 
 
 ENGINES = {
-    "reference": EngineTraits("reference", "checkpoint", True, 128, True, True, 128 * MIB),
-    "llamacpp": EngineTraits("llamacpp", "gguf", False, 512, False, False, 64 * MIB),
+    "reference": EngineTraits("reference", "checkpoint", True, 128, False, True, 128 * MIB, True, "f32"),
+    "llamacpp": EngineTraits("llamacpp", "gguf", False, 512, False, False, 64 * MIB, False, None),
 }
+
+PAGE_BYTES = 4096
 
 
 def engine_traits(name: str) -> EngineTraits:
@@ -172,12 +185,27 @@ def activation_floats_per_token(spec: ModelSpec) -> int:
             + spec.num_experts_per_tok * 3 * spec.intermediate_size)
 
 
-def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int) -> int:
+def engine_kv_type(engine: str, requested: str) -> str:
+    """The type an engine really stores its KV cache in."""
+    return engine_traits(engine).kv_type or requested
+
+
+def resident_dense_bytes(w: WeightBytes, context: int, engine: str) -> int:
+    """Dense bytes resident on an engine at a context: all of them, except a mapped embedding table's
+    untouched rows (see the module docstring)."""
+    if not engine_traits(engine).maps_embedding:
+        return w.dense
+    row_pages = (-(-w.embedding_row // PAGE_BYTES) + 1) * PAGE_BYTES
+    return w.dense - w.embedding + min(w.embedding, context * row_pages)
+
+
+def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int, prompt_tokens: int = 1) -> int:
     t = engine_traits(engine)
     chunk = min(context, t.prefill_chunk)
     activations = 4 * chunk * activation_floats_per_token(spec)
     scores = 4 * chunk * spec.num_attention_heads * context if t.materializes_scores else 0
-    logits = 4 * spec.vocab_size * (chunk if t.logits_per_position else 1)
+    prompt = min(context, max(1, prompt_tokens))
+    logits = 4 * spec.vocab_size * (prompt + (chunk if prompt > chunk else 0) if t.logits_per_position else 1)
     stream_buffer = spec.num_experts_per_tok * expert_bytes if t.streams_experts else 0
     return activations + scores + logits + stream_buffer
 

@@ -64,10 +64,11 @@ import numpy as np
 from .atomic import atomic_file
 from .cache_sim import compare, replay
 from .errors import UsageError
-from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, engine_traits, kv_cache, overhead_bytes,
-                     scratch_bytes, weight_bytes)
+from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, engine_kv_type, engine_traits, kv_cache,
+                     overhead_bytes, resident_dense_bytes, scratch_bytes, weight_bytes)
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
-from .predict import Calibration, Layout, Prediction, predict, uniform_misses_per_token
+from .predict import (READS_PER_EXPERT, Calibration, Layout, Prediction, predict, read_latency_s,
+                      uniform_misses_per_token)
 from .profiles import DeviceProfile
 from .runtimes.trace import Trace
 from .spec import ModelSpec
@@ -159,14 +160,15 @@ def _fit_reference(req: PlanRequest) -> Fit:
     """The reference runtime: dense weights, KV and scratch resident; experts fill what is left."""
     spec, device = req.spec, req.device
     w = weight_bytes(spec, req.dense_type, "reference")
-    kv = kv_cache(spec, req.context, req.kv_type, "reference")
-    scratch = scratch_bytes(spec, req.context, "reference", w.expert)
+    kv = kv_cache(spec, req.context, engine_kv_type("reference", req.kv_type), "reference")
+    scratch = scratch_bytes(spec, req.context, "reference", w.expert, req.prompt_tokens)
     overhead = overhead_bytes("reference", device.platform)
     budget = device.app_budget_bytes
-    fixed = w.dense + kv.total_bytes + scratch + overhead
+    dense = resident_dense_bytes(w, req.context, "reference")
+    fixed = dense + kv.total_bytes + scratch + overhead
     expert_budget = budget - reserve_bytes(budget) - fixed
     slots = max(0, min(w.layers * w.experts_per_layer, expert_budget // w.expert))
-    memory = _memory_section(_parts(w.dense, kv, scratch, overhead, slots * w.expert), kv,
+    memory = _memory_section(_parts(dense, kv, scratch, overhead, slots * w.expert), kv,
                              ram_bytes=fixed + slots * w.expert, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
     if slots < 1:
         return Fit(False, memory, f"dense weights, KV cache, scratch and runtime need {human(fixed)}, one "
@@ -183,7 +185,7 @@ def _fit_llamacpp(req: PlanRequest) -> Fit:
     spec, device = req.spec, req.device
     w = weight_bytes(spec, req.dense_type, "llamacpp")
     kv = kv_cache(spec, req.context, req.kv_type, "llamacpp")
-    scratch = scratch_bytes(spec, req.context, "llamacpp", w.expert)
+    scratch = scratch_bytes(spec, req.context, "llamacpp", w.expert, req.prompt_tokens)
     host_overhead = overhead_bytes("llamacpp", device.platform)
     budget, layers = device.app_budget_bytes, spec.num_hidden_layers
     gpu_overhead = GPU_CONTEXT_BYTES if device.has_gpu and not device.gpu_unified else 0
@@ -241,7 +243,7 @@ def make_plan(req: PlanRequest) -> dict:
 def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, Prediction]:
     spec = req.spec
     w = weight_bytes(spec, req.dense_type, req.engine)
-    kv = kv_cache(spec, req.context, req.kv_type, req.engine)
+    kv = kv_cache(spec, req.context, engine_kv_type(req.engine, req.kv_type), req.engine)
     placement = place_experts(result.resident_slots, spec.num_hidden_layers, spec.num_local_experts,
                               spec.num_experts_per_tok, req.trace)
     if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
@@ -255,7 +257,7 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
     layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
                     gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses,
                     prefill_chunk=engine_traits(req.engine).prefill_chunk)
-    resident = w.dense + result.memory["resident_expert_bytes"]
+    resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
     return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
 
 
@@ -264,7 +266,7 @@ def _model_section(req: PlanRequest) -> dict:
     w = weight_bytes(spec, req.dense_type, req.engine)
     return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
             "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
-            "expert_bytes": w.expert, "dense_type": req.dense_type, "kv_type": req.kv_type,
+            "expert_bytes": w.expert, "dense_type": req.dense_type, "kv_type": engine_kv_type(req.engine, req.kv_type),
             "weight_bytes": w.dense + w.experts_total}
 
 
@@ -322,35 +324,45 @@ def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
         "reference": {"memory_budget": placement.slots * w.expert, "pinned": placement.pinned_ids(),
                       "cache_slots": placement.cache_slots,
                       "prefill_chunk": engine_traits("reference").prefill_chunk, "dense_type": req.dense_type,
-                      "kv_type": req.kv_type, "flags": ["--plan", "plan.json"]},
+                      "kv_type": engine_kv_type("reference", req.kv_type), "flags": ["--plan", "plan.json"]},
     }
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
 def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profile") -> Calibration:
     """Efficiencies that make the roofline reproduce a measured decode speed (`edgeoss profile --json` of the
-    same engine on the device). Flash time is predicted from the measured expert bytes per decoded token; the
-    rest of the measured time fixes one factor r that scales the memory and compute efficiencies alike, so
-    the non-flash part of the prediction becomes exactly the measured one (at the profile's context)."""
+    same engine on the device), at the profile's context.
+
+    Flash: when the engine timed its reads (the reference's `decode_read_seconds_per_token`), the flash
+    efficiency is set so that the predicted flash time of the measured bytes per token equals the measured
+    read time; otherwise the measured bytes keep the current flash efficiency. The rest of the measured time
+    fixes one factor r that scales the memory and compute efficiencies alike, so the non-flash part of the
+    prediction becomes exactly the measured one."""
     try:
         measured_s = 1.0 / float(result["decode_tok_s"]["median"])
         context = int(result["prompt_tokens"]) + int(result["gen_tokens"])
         stats = result.get("engine_stats") or {}
         read_per_token = float(stats.get("decode_bytes_read_per_token", result["disk_read_bytes_per_decode_token"]))
+        read_s = float(stats.get("decode_read_seconds_per_token") or 0.0)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise UsageError(f"{where}: not an `edgeoss profile --json` result ({e!r} missing or invalid)") from None
     if result.get("engine") != req.engine:
         raise UsageError(f"{where}: measured the {result.get('engine')!r} engine; the plan is for {req.engine!r}")
     at = req.replace(context=min(max(1, context), req.spec.max_position_embeddings), calibration=Calibration())
     w = weight_bytes(at.spec, at.dense_type, at.engine)
+    misses = read_per_token / w.expert
+    base = at.calibration
+    transfer_s = read_s - misses * READS_PER_EXPERT * read_latency_s(at.device)
+    if read_per_token > 0 and transfer_s > 0:
+        efficiency = read_per_token / (transfer_s * at.device.flash_seq_read_mb_s * 1e6)
+        base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
     settings = fit(at).llamacpp or {}
     layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
-                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=read_per_token / w.expert,
+                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses,
                     prefill_chunk=engine_traits(at.engine).prefill_chunk)
-    p = predict(at.spec, w, kv_cache(at.spec, at.context, at.kv_type, at.engine), at.device, layout, 0, 1,
-                at.calibration)
+    p = predict(at.spec, w, kv_cache(at.spec, at.context, engine_kv_type(at.engine, at.kv_type), at.engine),
+                at.device, layout, 0, 1, base)
     r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
-    base = at.calibration
     return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
                                compute_efficiency=min(1.0, base.compute_efficiency * r))
 
@@ -386,7 +398,7 @@ def _candidate_changes(req: PlanRequest) -> list[tuple[str, str, PlanRequest]]:
         if size < DENSE_TYPES[req.dense_type] and name != "f16":
             changes.append((f"dense weights in {name}", f"--dense-type {name}", req.replace(dense_type=name)))
     for name, size in sorted(KV_TYPES.items(), key=lambda kv: -kv[1]):
-        if size < KV_TYPES[req.kv_type] and name != "bf16":
+        if size < KV_TYPES[req.kv_type] and name != "bf16" and engine_traits(req.engine).kv_type is None:
             changes.append((f"KV cache in {name}", f"--kv-type {name}", req.replace(kv_type=name)))
     context = largest_context(req)
     if 0 < context < req.context:

@@ -9,7 +9,12 @@ Only the experts a token selects are ever read. Two modes:
   may pin experts (read once at start, never evicted); the rest of the budget is an LRU cache.
 
 Counters (both modes): hits, misses, and bytes read from disk (stored bytes of each miss; in the mmap mode a
-miss is an expert's first use). An `Expert` keeps its weights as stored: MXFP4 matrices and bf16 biases.
+miss is an expert's first use); in the budget mode also the seconds spent reading.
+
+The budget is the only copy: after each pread the store tells the kernel to drop those file pages
+(POSIX_FADV_DONTNEED), so the bytes it read do not stay behind as page cache. On a phone the page cache is
+charged to the app's budget (as in a memory cgroup), and an expert kept twice would push out the dense weights
+the runtime maps, which would then be read from flash again. An `Expert` keeps its weights as stored: MXFP4 matrices and bf16 biases.
 
 Plans: `load_plan(path)` accepts `{"pinned": {"<layer>": [expert ids]}}` or the planner's plan.json with a
 top-level `"experts": {"pinned": {...}, "budget_bytes": N}`.
@@ -18,6 +23,7 @@ top-level `"experts": {"pinned": {...}, "budget_bytes": N}`.
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,9 @@ from edgeoss.runtimes import kernels
 from edgeoss.safetensors_io import bf16_to_f32
 from edgeoss.units import human
 from edgeoss.jsonfile import read_json
+
+
+DROP_PAGE_CACHE = hasattr(os, "posix_fadvise")  # Linux, Android; not macOS or Windows
 
 
 class Projection(Protocol):
@@ -136,6 +145,7 @@ class StoreCounters:
     hits: int = 0
     misses: int = 0
     bytes_read: int = 0
+    read_seconds: float = 0.0  # budget mode: wall time inside pread (the flash time a miss costs)
 
 
 class ExpertStore:
@@ -184,11 +194,15 @@ class ExpertStore:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
         buffer = np.empty(nbytes, dtype=np.uint8)
         done = 0
+        start = time.perf_counter()
         while done < nbytes:
             n = os.preadv(fd, [memoryview(buffer)[done:]], offset + done)
             if n <= 0:
                 raise CheckpointError(str(path), f"file ends inside expert {expert}", name)
             done += n
+        self.counters.read_seconds += time.perf_counter() - start
+        if DROP_PAGE_CACHE:
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)  # the store's copy is the only one
         buffer.setflags(write=False)  # like the mapped views: one kernel specialization, identical numerics
         return buffer.view(dtype).reshape(shape)
 
@@ -243,6 +257,7 @@ class ExpertStore:
                 "budget_bytes": self.budget, "pinned_experts": len(self._pinned), "pinned_bytes": self.pinned_bytes,
                 "cached_experts": len(self._cache), "resident_bytes": self.resident_bytes,
                 "peak_bytes": self.peak_bytes, "hits": c.hits, "misses": c.misses, "bytes_read": c.bytes_read,
+                "read_seconds": c.read_seconds,
                 "hit_rate": c.hits / max(1, c.hits + c.misses)}
 
     def close(self) -> None:

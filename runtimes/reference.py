@@ -39,6 +39,7 @@ import numpy as np
 
 from edgeoss.checkpoint import Checkpoint
 from edgeoss.errors import UsageError
+from edgeoss.memory import engine_traits
 from edgeoss.runtimes import kernels
 from edgeoss.runtimes.experts import Expert, ExpertPlan, ExpertStore, ExpertTransform, load_plan
 from edgeoss.runtimes.rope import Rope, yarn_rope
@@ -48,6 +49,7 @@ from edgeoss.spec import ModelSpec
 from edgeoss.units import parse_size
 
 SWIGLU_ALPHA = 1.702
+PREFILL_CHUNK = engine_traits("reference").prefill_chunk  # tokens per forward pass of a prefill (the planner's)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,8 @@ class LayerCache:
         capacity = max(needed, 2 * len(self.positions))
         for name in ("keys", "values", "positions"):
             old = getattr(self, name)
-            new = np.full((capacity, *old.shape[1:]), -1 if name == "positions" else 0, dtype=old.dtype)
+            # np.zeros maps fresh zero pages: capacity not yet written costs no RAM
+            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
             new[:self.length] = old[:self.length]
             setattr(self, name, new)
 
@@ -241,6 +244,7 @@ class ReferenceEngine:
         self.recorder = TraceRecorder(self.spec) if trace else None
         self.prefill_reads: list[tuple[int, int]] = []  # (tokens, expert bytes read) per prefill call
         self.step_reads: list[int] = []  # expert bytes read by each step
+        self.step_read_seconds: list[float] = []  # seconds each step spent reading experts (budget mode)
         self.reset()
 
     # ---- Engine protocol ----------------------------------------------------------------------------------
@@ -253,15 +257,25 @@ class ReferenceEngine:
             self.time_by_op = {"embed": 0.0, "attention": 0.0, "moe": 0.0, "unembed": 0.0}
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits of every position; computed in chunks of PREFILL_CHUNK tokens, so a long prompt's activations
+        stay bounded (results are the same bit for bit: a token's arithmetic does not depend on its batch)."""
         before = self.experts.counters.bytes_read
-        logits = self.forward(tokens)
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) <= PREFILL_CHUNK:
+            logits = self.forward(tokens)
+        else:
+            logits = np.empty((len(tokens), self.spec.vocab_size), dtype=np.float32)
+            for i in range(0, len(tokens), PREFILL_CHUNK):
+                logits[i:i + PREFILL_CHUNK] = self.forward(tokens[i:i + PREFILL_CHUNK])
         self.prefill_reads.append((len(tokens), self.experts.counters.bytes_read - before))
         return logits
 
     def step(self, token: int) -> np.ndarray:
-        before = self.experts.counters.bytes_read
+        c = self.experts.counters
+        before, seconds = c.bytes_read, c.read_seconds
         logits = self.forward([token])[0]
-        self.step_reads.append(self.experts.counters.bytes_read - before)
+        self.step_reads.append(c.bytes_read - before)
+        self.step_read_seconds.append(c.read_seconds - seconds)
         return logits
 
     def stats(self) -> dict[str, Any]:
@@ -272,6 +286,7 @@ class ReferenceEngine:
                 "decode_tokens": len(self.step_reads),
                 "decode_bytes_read": sum(self.step_reads),
                 "decode_bytes_read_per_token": sum(self.step_reads) / max(1, len(self.step_reads)),
+                "decode_read_seconds_per_token": sum(self.step_read_seconds) / max(1, len(self.step_reads)),
                 "time_by_layer": self.time_by_layer.tolist(), "time_by_op": dict(self.time_by_op)}
 
     def close(self) -> None:

@@ -222,9 +222,20 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
     assert calibration.memory_efficiency < Calibration().memory_efficiency  # slower than the roofline
     assert calibration.flash_efficiency == Calibration().flash_efficiency
     w = weight_bytes(preset("20b"), "bf16", "reference")
-    p = predict(preset("20b"), w, kv_cache(preset("20b"), 640, "f16", "reference"), load_profile("pixel-9-pro"),
+    p = predict(preset("20b"), w, kv_cache(preset("20b"), 640, "f32", "reference"), load_profile("pixel-9-pro"),
                 Layout(False, 0, 20.0, 128), 0, 1, calibration)
     assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
+    # an engine that timed its reads: the flash efficiency reproduces the measured read time too
+    measured["engine_stats"]["decode_read_seconds_per_token"] = 1.2
+    path.write_text(json.dumps(measured))
+    timed = load_calibration(path, request)
+    assert timed.flash_efficiency != calibration.flash_efficiency
+    p = predict(preset("20b"), w, kv_cache(preset("20b"), 640, "f32", "reference"), load_profile("pixel-9-pro"),
+                Layout(False, 0, 20.0, 128), 0, 1, timed)
+    assert p.flash_s_per_token == pytest.approx(1.2, rel=1e-6)
+    assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
+    measured["engine_stats"].pop("decode_read_seconds_per_token")
+    path.write_text(json.dumps(measured))
     proc = cli("plan", "--preset", "20b", "--device", "pixel-9-pro", "--calibrate", path, "--engine", "llamacpp")
     assert proc.returncode == 2 and "measured the 'reference' engine" in proc.stderr
     ok = json.loads(cli("plan", "--preset", "20b", "--device", "pixel-9-pro", "--calibrate", path, "--json",
