@@ -1,7 +1,8 @@
 """gpt-oss under a phone's memory budget, page cache charged: tok/s, peak memory, flash reads, killed or not.
 
-    python benchmarks/memlimit_20b.py /work/bench/20b-hf [--gguf 20b.gguf] [--device pixel-9-pro]
+    python benchmarks/memlimit_20b.py /work/bench/20b-hf [--gguf 20b.gguf] [--device pixel-9-pro|this-machine]
         [--limits 4GiB,6GiB,8GiB,12GiB] [--prompt-tokens 32] [--gen-tokens 16] [--out memlimit-20b]
+        [--only reference|llamacpp] [--calibrate profile.json | --calibrate-at 8GiB] [--trace-tokens N]
 
 Every run is one engine, loaded cold (its files evicted from the page cache first) in a fresh process inside a
 memory cgroup limited to the budget (`edgeoss.memlimit`): anonymous memory AND the page cache of the weights
@@ -13,7 +14,9 @@ count, as on a phone. Budgets: the device profile's app budget and each --limits
 - the reference runtime with the plan's pinned experts and expert budget (a budget the plan says cannot hold
   the dense weights is listed as "plan: does not fit", not run).
 llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, and this machine's cores; the
-plan's columns give its predicted fit, RAM and decode speed for the device. A setting whose piece is missing
+plan's columns give its predicted fit, RAM, decode speed and flash bytes per token for the device
+(`--device this-machine` measures this machine first, so that predictions and measurements are comparable;
+`--calibrate` feeds a measured reference profile back into the reference plans). A setting whose piece is missing
 (no GGUF, no llama-cpp-python, no edgeoss.plan, no reference runtime) is skipped and named.
 
 Prints a table, writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
@@ -63,27 +66,59 @@ def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str,
     from edgeoss.plan import PlanRequest
 
     device = replace(device, app_budget_bytes=budget, ram_bytes=max(device.ram_bytes, budget))
-    return PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
-                       prompt_tokens=args.prompt_tokens)
+    request = PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
+                          prompt_tokens=args.prompt_tokens, trace=args.router_trace,
+                          trace_source=str(args.trace_path or ""))
+    if args.calibrate and engine == "reference":
+        from edgeoss.plan import load_calibration
+
+        request = request.replace(calibration=load_calibration(args.calibrate, request))
+    return request
+
+
+def record_trace(hf: Path, args: argparse.Namespace) -> Path:
+    """The model's routing on another random prompt (seed 1; the profiles use seed 0), decoded greedily with
+    every expert in RAM: the trace the plans pin and predict from (`edgeoss plan --trace`)."""
+    import numpy as np
+
+    from edgeoss.runtimes.reference import ReferenceEngine
+    from edgeoss.runtimes.trace import write_trace
+
+    engine = ReferenceEngine(hf, trace=True)
+    try:
+        logits = engine.prefill(np.random.default_rng(1).integers(0, engine.spec.vocab_size, args.prompt_tokens))[-1]
+        for _ in range(args.trace_tokens):
+            logits = engine.step(int(np.argmax(logits)))
+        return write_trace(args.out / "router-trace.npz", engine.routing_trace())
+    finally:
+        engine.close()
 
 
 def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argparse.Namespace,
              skipped: dict[str, str]) -> list[Setting]:
     """What runs at this budget; a setting that cannot run is recorded in `skipped` (label -> why)."""
-    runs = []
+    runs: list[Setting] = []
     spec = Checkpoint.open(hf).spec
+    if args.only == "reference":
+        skipped["llama.cpp settings"] = "--only reference"
+    elif args.only == "llamacpp":
+        skipped["reference + plan"] = "--only llamacpp"
     llama = gguf is not None and have("llama_cpp") and have("edgeoss.runtimes.llamacpp")
     why_not_llama = "no GGUF" if gguf is None else "llama-cpp-python or edgeoss.runtimes.llamacpp missing"
     common = {"n_ctx": args.context, "use_mmap": True, "f32_kv": False}  # llama.cpp's own defaults: f16 KV
     for label, options in (("llama.cpp mmap + repack (default)", {**common, "repack": True}),
                            ("llama.cpp mmap, no repack", {**common, "repack": False})):
+        if args.only == "reference":
+            continue
         if llama:
             runs.append(Setting(label, "llamacpp", gguf, options))
         else:
             skipped[label] = why_not_llama
     why_not_plan = ("edgeoss.plan missing" if not have("edgeoss.plan") else
                     "no device profile (--device none)" if device is None else None)
-    if why_not_plan or not llama:
+    if args.only == "reference":
+        pass
+    elif why_not_plan or not llama:
         skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
     else:
         from edgeoss.plan import llamacpp_settings
@@ -92,6 +127,8 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
         planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
         runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, options_from_plan(planned),
                             {"fits": planned["fits"], "ram_bytes": planned["ram_bytes"]}))
+    if args.only == "llamacpp":
+        return runs
     if why_not_plan or not have("edgeoss.runtimes.reference"):
         skipped["reference + plan"] = why_not_plan or "edgeoss.runtimes.reference missing"
         return runs
@@ -99,7 +136,8 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
 
     plan = make_plan(plan_request(spec, hf, device, budget, "reference", args))
     predicted = {"fits": plan["fits"], "ram_bytes": plan["memory"]["ram_bytes"],
-                 "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s")}
+                 "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s"),
+                 "miss_bytes_per_token": (plan["prediction"] or {}).get("miss_bytes_per_token")}
     if not plan["fits"]:
         runs.append(Setting("reference + plan", "reference", hf, {}, predicted, runnable=False))
         return runs
@@ -136,6 +174,7 @@ def one_run(setting: Setting, budget: int, args: argparse.Namespace) -> dict[str
         "prefill_tok_s": profile.get("prefill_tok_s", {}).get("median", 0.0),
         "flash_bytes_per_token": profile.get("disk_read_bytes_per_decode_token"),
         "engine_stats": profile.get("engine_stats"),
+        "profile": profile,
         "stderr_tail": "" if run.ok else run.stderr[-1500:],
     }
 
@@ -143,14 +182,14 @@ def one_run(setting: Setting, budget: int, args: argparse.Namespace) -> dict[str
 def planned_cell(planned: dict[str, Any] | None) -> str:
     if planned is None:
         return "-"
-    speed = planned.get("decode_tok_s")
+    speed, flash = planned.get("decode_tok_s"), planned.get("miss_bytes_per_token")
     return (f"{'fits' if planned['fits'] else 'does not fit'}, {human(planned['ram_bytes'])}"
-            + ("" if speed is None else f", {speed:.2f}"))
+            + ("" if speed is None else f", {speed:.2f}") + ("" if flash is None else f", {flash / 1e6:.1f}"))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     cols = ("setting", "budget", "result", "peak", "decode tok/s", "prefill tok/s", "load s", "flash MB/token",
-            "read total", "wall s", "load avg", "plan: fits, RAM, tok/s")
+            "read total", "wall s", "load avg", "plan: fits, RAM, tok/s, flash MB/token")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         flash = r["flash_bytes_per_token"]
@@ -197,6 +236,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--context", type=int, default=4096, help="context the plans and llama.cpp's n_ctx are for")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--only", choices=["reference", "llamacpp"], help="run only this engine's settings")
+    ap.add_argument("--calibrate-at", help="first profile the reference runtime with its uncalibrated plan at this "
+                    "budget (e.g. 8GiB) and calibrate every reference plan with that measurement")
+    ap.add_argument("--trace-tokens", type=int, default=0, help="first record the router on another random "
+                    "prompt for this many decoded tokens and plan from that trace (default: uniform plans)")
+    ap.add_argument("--calibrate", type=Path, help="an `edgeoss profile --json` of the reference runtime on this "
+                    "machine: the reference plans are calibrated with it (edgeoss plan --calibrate)")
     ap.add_argument("--out", type=Path, default=Path("memlimit-results"))
     args = ap.parse_args()
     try:
@@ -209,9 +255,21 @@ def main() -> None:
         if args.device != "none":
             from edgeoss.profiles import load_profile
 
-            device = load_profile(args.device)
-            budgets.add(device.app_budget_bytes)
+            if args.device == "this-machine":  # measured now: the plans predict for the machine that runs
+                from edgeoss.device_measure import measure
+
+                device = measure("this-machine", args.out, 256 << 20).profile
+            else:
+                device = load_profile(args.device)
+                budgets.add(device.app_budget_bytes)
         gguf = gguf_path(args)
+        args.trace_path = args.router_trace = None
+        if args.trace_tokens > 0:
+            from edgeoss.runtimes.trace import read_trace
+
+            console.print(f"recording the router over {args.trace_tokens} tokens ...")
+            args.trace_path = record_trace(args.hf, args)
+            args.router_trace = read_trace(args.trace_path)
     except EdgeossError as e:
         console.print(f"[red]error:[/red] {e}")
         sys.exit(2)
@@ -219,6 +277,17 @@ def main() -> None:
           f"{device.name if device else 'none'} (app budget {human(device.app_budget_bytes) if device else '-'})")
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    if args.calibrate_at:
+        budget = parse_size(args.calibrate_at)
+        plan_run = [x for x in settings(args.hf, gguf, device, budget, args, {}) if x.engine == "reference"]
+        console.print(f"[dim]calibration: reference + plan @ {human(budget)} ...[/dim]")
+        measured = one_run(plan_run[0], budget, args)
+        if measured["outcome"] != "ok":
+            sys.exit(f"the calibration run failed: {measured['outcome']}\n{measured.get('stderr_tail', '')}")
+        args.calibrate = args.out / "calibration-profile.json"
+        args.calibrate.write_text(json.dumps(measured["profile"], default=str))
+        print(f"calibrated at {human(budget)}: {measured['decode_tok_s']:.2f} tok/s measured "
+              f"({args.calibrate})")
     for budget in sorted(budgets):
         for setting in settings(args.hf, gguf, device, budget, args, skipped):
             console.print(f"[dim]{setting.label} @ {human(budget)} ...[/dim]")

@@ -100,8 +100,13 @@ def main() -> None:
     skewed = [r for r in rows if "zipf 0 " not in r["trace"] and r["lru"]]
     met_lru = sum(r["plan"] <= 0.75 * r["lru"] for r in skewed)
     met_belady = sum(r["plan"] <= 1.1 * r["belady"] for r in rows)
-    print(f"\nplan <= 1.1x Belady: {met_belady} of {len(rows)} rows; "
-          f">= 25 % fewer misses than LRU: {met_lru} of {len(skewed)} skewed rows")
+    # where can any fixed placement reach the LRU goal? (the hindsight-best one: a bound for the plan's kind)
+    feasible = [r for r in skewed if r["static*"] <= 0.75 * r["lru"]]
+    met_feasible = sum(r["plan"] <= 0.75 * r["lru"] for r in feasible)
+    print(f"\nplan <= 1.1x Belady: {met_belady} of {len(rows)} rows (static* <= 1.1x Belady: "
+          f"{sum(r['static*'] <= 1.1 * r['belady'] for r in rows)}); "
+          f">= 25 % fewer misses than LRU: {met_lru} of {len(skewed)} skewed rows; in {len(feasible)} of them the "
+          f"hindsight-best fixed placement reaches it, and the plan does in {met_feasible} of those")
 
 
 if __name__ == "__main__":

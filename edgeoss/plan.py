@@ -333,9 +333,9 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     """Efficiencies that make the roofline reproduce a measured decode speed (`edgeoss profile --json` of the
     same engine on the device), at the profile's context.
 
-    Flash: when the engine timed its reads (the reference's `decode_read_seconds_per_token`), the flash
-    efficiency is set so that the predicted flash time of the measured bytes per token equals the measured
-    read time; otherwise the measured bytes keep the current flash efficiency. The rest of the measured time
+    Flash: when the engine timed its misses (the reference's `decode_miss_seconds_per_token`: reading, dropping
+    the page cache, building the expert), the flash efficiency is set so that the predicted flash time of the
+    measured bytes per token equals that time; otherwise the measured bytes keep the current flash efficiency. The rest of the measured time
     fixes one factor r that scales the memory and compute efficiencies alike, so the non-flash part of the
     prediction becomes exactly the measured one."""
     try:
@@ -343,7 +343,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
         context = int(result["prompt_tokens"]) + int(result["gen_tokens"])
         stats = result.get("engine_stats") or {}
         read_per_token = float(stats.get("decode_bytes_read_per_token", result["disk_read_bytes_per_decode_token"]))
-        read_s = float(stats.get("decode_read_seconds_per_token") or 0.0)
+        miss_s = float(stats.get("decode_miss_seconds_per_token") or 0.0)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise UsageError(f"{where}: not an `edgeoss profile --json` result ({e!r} missing or invalid)") from None
     if result.get("engine") != req.engine:
@@ -352,7 +352,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     w = weight_bytes(at.spec, at.dense_type, at.engine)
     misses = read_per_token / w.expert
     base = at.calibration
-    transfer_s = read_s - misses * READS_PER_EXPERT * read_latency_s(at.device)
+    transfer_s = miss_s - misses * READS_PER_EXPERT * read_latency_s(at.device)
     if read_per_token > 0 and transfer_s > 0:
         efficiency = read_per_token / (transfer_s * at.device.flash_seq_read_mb_s * 1e6)
         base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
@@ -368,8 +368,11 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
 
 
 def load_calibration(path: str | Path, req: PlanRequest) -> Calibration:
-    """`--calibrate FILE`: explicit efficiencies, or an `edgeoss profile --json` result to fit them to."""
+    """`--calibrate FILE`: explicit efficiencies, or an `edgeoss profile --json` result to fit them to (also one
+    run with --memory-limit, whose measurement sits under "profile")."""
     data = read_json(path, "calibration file")
+    if isinstance(data, dict) and isinstance(data.get("profile"), dict):  # `profile --memory-limit --json`
+        data = data["profile"]
     if isinstance(data, dict) and "decode_tok_s" in data:
         return calibration_from_profile(req, data, str(path))
     return Calibration.from_dict(data, str(path))

@@ -9,7 +9,8 @@ Only the experts a token selects are ever read. Two modes:
   may pin experts (read once at start, never evicted); the rest of the budget is an LRU cache.
 
 Counters (both modes): hits, misses, and bytes read from disk (stored bytes of each miss; in the mmap mode a
-miss is an expert's first use); in the budget mode also the seconds spent reading.
+miss is an expert's first use), and the wall time misses cost (reading, dropping the page cache, building
+the expert: what the planner's flash term stands for).
 
 The budget is the only copy: after each pread the store tells the kernel to drop those file pages
 (POSIX_FADV_DONTNEED), so the bytes it read do not stay behind as page cache. On a phone the page cache is
@@ -145,7 +146,7 @@ class StoreCounters:
     hits: int = 0
     misses: int = 0
     bytes_read: int = 0
-    read_seconds: float = 0.0  # budget mode: wall time inside pread (the flash time a miss costs)
+    miss_seconds: float = 0.0  # wall time of misses: read, page-cache drop, expert built (what flash costs)
 
 
 class ExpertStore:
@@ -194,13 +195,11 @@ class ExpertStore:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
         buffer = np.empty(nbytes, dtype=np.uint8)
         done = 0
-        start = time.perf_counter()
         while done < nbytes:
             n = os.preadv(fd, [memoryview(buffer)[done:]], offset + done)
             if n <= 0:
                 raise CheckpointError(str(path), f"file ends inside expert {expert}", name)
             done += n
-        self.counters.read_seconds += time.perf_counter() - start
         if DROP_PAGE_CACHE:
             os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)  # the store's copy is the only one
         buffer.setflags(write=False)  # like the mapped views: one kernel specialization, identical numerics
@@ -235,12 +234,15 @@ class ExpertStore:
             return expert
         self.counters.misses += 1
         self.counters.bytes_read += self.stored_expert_bytes
+        start = time.perf_counter()
         expert = self._load(layer, e)
         if self.budget is not None:
             self._check_fits(expert.nbytes, len(self._pinned), self.pinned_bytes)  # a transform may grow it
             while self._cache and self.pinned_bytes + self._cache_bytes + expert.nbytes > self.budget:
                 _, evicted = self._cache.popitem(last=False)
                 self._cache_bytes -= evicted.nbytes
+                del evicted  # its buffers go back to the OS now, inside the miss's time
+        self.counters.miss_seconds += time.perf_counter() - start
         self._cache[key] = expert
         self._cache_bytes += expert.nbytes
         self.peak_bytes = max(self.peak_bytes, self.pinned_bytes + self._cache_bytes)
@@ -257,7 +259,7 @@ class ExpertStore:
                 "budget_bytes": self.budget, "pinned_experts": len(self._pinned), "pinned_bytes": self.pinned_bytes,
                 "cached_experts": len(self._cache), "resident_bytes": self.resident_bytes,
                 "peak_bytes": self.peak_bytes, "hits": c.hits, "misses": c.misses, "bytes_read": c.bytes_read,
-                "read_seconds": c.read_seconds,
+                "miss_seconds": c.miss_seconds,
                 "hit_rate": c.hits / max(1, c.hits + c.misses)}
 
     def close(self) -> None:

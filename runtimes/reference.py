@@ -244,7 +244,7 @@ class ReferenceEngine:
         self.recorder = TraceRecorder(self.spec) if trace else None
         self.prefill_reads: list[tuple[int, int]] = []  # (tokens, expert bytes read) per prefill call
         self.step_reads: list[int] = []  # expert bytes read by each step
-        self.step_read_seconds: list[float] = []  # seconds each step spent reading experts (budget mode)
+        self.step_miss_seconds: list[float] = []  # seconds each step spent on expert misses
         self.reset()
 
     # ---- Engine protocol ----------------------------------------------------------------------------------
@@ -272,10 +272,10 @@ class ReferenceEngine:
 
     def step(self, token: int) -> np.ndarray:
         c = self.experts.counters
-        before, seconds = c.bytes_read, c.read_seconds
+        before, seconds = c.bytes_read, c.miss_seconds
         logits = self.forward([token])[0]
         self.step_reads.append(c.bytes_read - before)
-        self.step_read_seconds.append(c.read_seconds - seconds)
+        self.step_miss_seconds.append(c.miss_seconds - seconds)
         return logits
 
     def stats(self) -> dict[str, Any]:
@@ -286,7 +286,7 @@ class ReferenceEngine:
                 "decode_tokens": len(self.step_reads),
                 "decode_bytes_read": sum(self.step_reads),
                 "decode_bytes_read_per_token": sum(self.step_reads) / max(1, len(self.step_reads)),
-                "decode_read_seconds_per_token": sum(self.step_read_seconds) / max(1, len(self.step_reads)),
+                "decode_miss_seconds_per_token": sum(self.step_miss_seconds) / max(1, len(self.step_reads)),
                 "time_by_layer": self.time_by_layer.tolist(), "time_by_op": dict(self.time_by_op)}
 
     def close(self) -> None:

@@ -226,7 +226,7 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
                 Layout(False, 0, 20.0, 128), 0, 1, calibration)
     assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
     # an engine that timed its reads: the flash efficiency reproduces the measured read time too
-    measured["engine_stats"]["decode_read_seconds_per_token"] = 1.2
+    measured["engine_stats"]["decode_miss_seconds_per_token"] = 1.2
     path.write_text(json.dumps(measured))
     timed = load_calibration(path, request)
     assert timed.flash_efficiency != calibration.flash_efficiency
@@ -234,7 +234,7 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
                 Layout(False, 0, 20.0, 128), 0, 1, timed)
     assert p.flash_s_per_token == pytest.approx(1.2, rel=1e-6)
     assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
-    measured["engine_stats"].pop("decode_read_seconds_per_token")
+    measured["engine_stats"].pop("decode_miss_seconds_per_token")
     path.write_text(json.dumps(measured))
     proc = cli("plan", "--preset", "20b", "--device", "pixel-9-pro", "--calibrate", path, "--engine", "llamacpp")
     assert proc.returncode == 2 and "measured the 'reference' engine" in proc.stderr
