@@ -72,6 +72,7 @@ from .predict import (READS_PER_EXPERT, Calibration, Layout, Prediction, predict
 from .profiles import DeviceProfile
 from .runtimes.trace import Trace
 from .spec import ModelSpec
+from .traces import split_trace
 from .units import human
 from .jsonfile import read_json
 
@@ -249,8 +250,7 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
     if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
         misses = 0.0
     elif req.trace is not None:
-        misses = replay(req.trace, "plan", placement.pinned, placement.cache_slots, placement.order,
-                        w.expert).misses_per_token
+        misses = held_out_misses(req.trace, placement.slots, spec)
     else:
         misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
     settings = result.llamacpp or {}
@@ -259,6 +259,22 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
                     prefill_chunk=engine_traits(req.engine).prefill_chunk)
     resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
     return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
+
+
+def held_out_misses(trace: Trace, slots: int, spec: ModelSpec) -> float:
+    """Misses per token of a trace-made placement on tokens it has not seen: two-fold cross-validation (place
+    from one half of the trace, replay the other half, and the reverse; the mean). Replaying the trace the
+    placement was made from would be optimistic: the experts a short trace happens to favour are pinned, and
+    new text favours them less (measured on 20b: 14-47 % more misses than the in-sample replay)."""
+    if trace.num_tokens < 2:
+        return uniform_misses_per_token(spec, slots)
+    halves = split_trace(trace, 0.5)
+    layers, experts, k = spec.num_hidden_layers, spec.num_local_experts, spec.num_experts_per_tok
+    total = 0.0
+    for made_from, scored_on in (halves, halves[::-1]):
+        p = place_experts(slots, layers, experts, k, made_from)
+        total += replay(scored_on, "plan", p.pinned, p.cache_slots, p.order, 1).misses_per_token
+    return total / 2
 
 
 def _model_section(req: PlanRequest) -> dict:

@@ -193,6 +193,8 @@ class ExpertStore:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            if DROP_PAGE_CACHE:  # no readahead past an expert: those pages would stay behind as page cache
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         buffer = np.empty(nbytes, dtype=np.uint8)
         done = 0
         while done < nbytes:
