@@ -208,6 +208,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     curves: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         curves.setdefault(r["setting"], []).append((r["budget_bytes"], r["decode_tok_s"]))
+        predicted = (r.get("planned") or {}).get("decode_tok_s")
+        if predicted is not None:
+            curves.setdefault(f"{r['setting']}: plan's prediction", []).append((r["budget_bytes"], predicted))
     return speed_vs_budget(curves, out, title="gpt-oss decode speed vs memory budget (page cache charged)")
 
 

@@ -20,7 +20,8 @@ def speed_vs_budget(curves: Mapping[str, Sequence[tuple[float, float]]], out: Pa
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, points in curves.items():
         xs, ys = zip(*sorted(points))
-        ax.plot([x / GIB for x in xs], ys, marker="o", label=label)
+        ax.plot([x / GIB for x in xs], ys, marker="o", label=label,
+                linestyle="--" if "prediction" in label else "-")  # predictions dashed beside measurements
     ax.set_xlabel("memory budget (GiB)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
