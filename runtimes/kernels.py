@@ -17,7 +17,7 @@ matrices), one token at a time per row, float32 accumulation:
 - `attention`: per (query, head), exactly its visible keys, in position order.
 
 A token's arithmetic never depends on the batch it comes in (the same per-token code runs for every T; a
-matmul's serial/threaded variant is chosen by the weight's shape, attention always runs threaded), so a decode
+matmul's serial/threaded variant is chosen by the weight's shape, attention always runs serially), so a decode
 step reproduces a prefill bit for bit. Keep inputs' types uniform too (e.g. weights read-only, like the mapped
 checkpoint): numba compiles one specialization per type, and two specializations may vectorize differently.
 
@@ -281,8 +281,10 @@ def _attention(q, keys, values, q_pos, k_pos, sinks, window, out):
 
 # One variant only: numba compiles a prange body differently from the same loop run serially (the two differ
 # in the last bits), and the attention work depends on the batch, so picking by size would make a decode step
-# differ from a prefill of the same tokens. Threads over (query, head) pay off from a few heads on anyway.
-_ATTENTION = numba.njit(parallel=True, fastmath=True, cache=True)(_attention)
+# differ from a prefill of the same tokens. The serial one: attention is a small share of a token's time (the
+# weights dominate), and its summation order is the one llama.cpp's parity was measured against (the threaded
+# compile flips a Q8_0 rounding tie at one position of the `odd` preset's 260).
+_ATTENTION = numba.njit(parallel=False, fastmath=True, cache=True)(_attention)
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
