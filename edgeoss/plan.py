@@ -20,7 +20,9 @@ none removed or renamed without a new version):
                     nothing below `fits` but `memory`, `alternatives` and `advice` is filled in
     fits_in_ram     true when every expert is resident (no flash reads while decoding)
     memory          dense_bytes + kv_cache_bytes + scratch_bytes + engine_overhead_bytes
-                    + resident_expert_bytes = total_bytes (exactly); ram_bytes (the part in host RAM:
+                    + resident_expert_bytes = total_bytes (exactly; dense_bytes is what is resident: the
+                    reference maps the embedding table, so only the rows a context can touch count, and
+                    keeps its KV cache in f32 whatever kv_type says); ram_bytes (the part in host RAM:
                     total_bytes less gpu_bytes on a discrete GPU), gpu_bytes, app_budget_bytes,
                     headroom_bytes = app_budget_bytes - ram_bytes, reserve_bytes (the headroom the planner
                     keeps free: max(128 MiB, 2 % of the budget)), kv_full_bytes + kv_sliding_bytes =
