@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -142,10 +143,12 @@ def _print_profile(r: dict) -> None:
 @click.option("--device", help="device profile: project the measurement onto it; with --plan, also run inside its app budget")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path), help="run with this plan's engine settings")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="also write the result as JSON here (what `edgeoss plan --calibrate` reads)")
 @click.option("--plot", type=click.Path(path_type=Path), help="write a PNG (per-layer time or the sweep curve)")
 def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, runs: int, memory_budget: str | None,
             sweep: str | None, memory_limit: str | None, device: str | None, plan_path: Path | None, as_json: bool,
-            plot: Path | None) -> None:
+            output: Path | None, plot: Path | None) -> None:
     """Measure TTFT, prefill and decode speed, peak memory and disk reads of an engine on an artifact.
 
     With --device NAME --plan plan.json this is the check that a plan fits: the engine runs with the plan's
@@ -173,6 +176,7 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
             plots.speed_vs_budget({"reference": [(r["budget_bytes"], r["decode_tok_s"]) for r in rows]}, plot,
                                   misses={"misses/token": [(r["budget_bytes"], r["misses_per_token"] or 0)
                                                            for r in rows]})
+        _write_json(output, rows)
         if as_json:
             print_json(rows)
         else:
@@ -198,15 +202,24 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         memory_limit = str(load_profile(device).app_budget_bytes)
     if memory_limit:
         _profile_limited(engine, artifact, parse_size(memory_limit), options, prompt_tokens, gen_tokens, runs,
-                         as_json, plan)
+                         as_json, plan, output)
         return
     result = measure(engine, artifact, prompt_tokens, gen_tokens, runs, options, device=device).as_dict()
     if plot and "time_by_layer" in result["engine_stats"]:
         plots.per_layer_time(result["engine_stats"]["time_by_layer"], plot)
+    _write_json(output, result)
     if as_json:
         print_json(result)
     else:
         _print_profile(result)
+
+
+def _write_json(path: Path | None, obj: object) -> None:
+    if path is not None:
+        from ..atomic import atomic_file
+
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def _plan_options(engine: str, plan: dict, path: Path) -> dict:
@@ -227,7 +240,7 @@ def _plan_options(engine: str, plan: dict, path: Path) -> dict:
 
 
 def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, prompt_tokens: int, gen_tokens: int,
-                     runs: int, as_json: bool, plan: dict | None = None) -> None:
+                     runs: int, as_json: bool, plan: dict | None = None, output: Path | None = None) -> None:
     """The profile in a child process inside a memory cgroup: the check that a plan really fits."""
     from ..memlimit import run_profile_limited
     from ..units import human
@@ -239,6 +252,7 @@ def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, pro
               "failcnt": run.failcnt, "major_faults": run.major_faults, "read_bytes": run.read_bytes,
               "page_cache_bytes": run.page_cache_bytes, "wall_s": run.wall_s, "profile": run.result,
               "plan_prediction": (plan or {}).get("prediction"), "plan_memory": (plan or {}).get("memory")}
+    _write_json(output, report)
     if as_json:
         print_json(report)
         return
