@@ -97,41 +97,58 @@ def record_trace(hf: Path, args: argparse.Namespace) -> Path:
 def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argparse.Namespace,
              skipped: dict[str, str]) -> list[Setting]:
     """What runs at this budget; a setting that cannot run is recorded in `skipped` (label -> why)."""
-    runs: list[Setting] = []
     spec = Checkpoint.open(hf).spec
+    runs: list[Setting] = []
     if args.only == "reference":
         skipped["llama.cpp settings"] = "--only reference"
-    elif args.only == "llamacpp":
+    else:
+        runs += llamacpp_runs(spec, gguf, device, budget, args, skipped)
+    if args.only == "llamacpp":
         skipped["reference + plan"] = "--only llamacpp"
+    else:
+        runs += reference_runs(spec, hf, device, budget, args, skipped)
+    return runs
+
+
+def _why_not_plan(device: Any) -> str | None:
+    return ("edgeoss.plan missing" if not have("edgeoss.plan") else
+            "no device profile (--device none)" if device is None else None)
+
+
+def llamacpp_runs(spec: Any, gguf: Path | None, device: Any, budget: int, args: argparse.Namespace,
+                  skipped: dict[str, str]) -> list[Setting]:
+    """llama.cpp as shipped (mmap, with and without its x86 repack) and with the plan's settings."""
+    runs = []
     llama = gguf is not None and have("llama_cpp") and have("edgeoss.runtimes.llamacpp")
     why_not_llama = "no GGUF" if gguf is None else "llama-cpp-python or edgeoss.runtimes.llamacpp missing"
     common = {"n_ctx": args.context, "use_mmap": True, "f32_kv": False}  # llama.cpp's own defaults: f16 KV
     for label, options in (("llama.cpp mmap + repack (default)", {**common, "repack": True}),
                            ("llama.cpp mmap, no repack", {**common, "repack": False})):
-        if args.only == "reference":
-            continue
         if llama:
             runs.append(Setting(label, "llamacpp", gguf, options))
         else:
             skipped[label] = why_not_llama
-    why_not_plan = ("edgeoss.plan missing" if not have("edgeoss.plan") else
-                    "no device profile (--device none)" if device is None else None)
-    if args.only == "reference":
-        pass
-    elif why_not_plan or not llama:
+    why_not_plan = _why_not_plan(device)
+    if why_not_plan or not llama:
         skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
-    else:
-        from edgeoss.plan import llamacpp_settings
-        from edgeoss.runtimes.llamacpp import options_from_plan
+        return runs
+    from edgeoss.plan import llamacpp_settings
+    from edgeoss.runtimes.llamacpp import options_from_plan
 
-        planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
-        runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, options_from_plan(planned),
-                            {"fits": planned["fits"], "ram_bytes": planned["ram_bytes"]}))
-    if args.only == "llamacpp":
-        return runs
-    if why_not_plan or not have("edgeoss.runtimes.reference"):
-        skipped["reference + plan"] = why_not_plan or "edgeoss.runtimes.reference missing"
-        return runs
+    planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
+    runs.append(Setting("llama.cpp + plan", "llamacpp", gguf, options_from_plan(planned),
+                        {"fits": planned["fits"], "ram_bytes": planned["ram_bytes"]}))
+    return runs
+
+
+def reference_runs(spec: Any, hf: Path, device: Any, budget: int, args: argparse.Namespace,
+                   skipped: dict[str, str]) -> list[Setting]:
+    """The reference runtime with the plan for this budget (listed, not run, when the plan does not fit)."""
+    why_not = _why_not_plan(device) or (None if have("edgeoss.runtimes.reference")
+                                        else "edgeoss.runtimes.reference missing")
+    if why_not:
+        skipped["reference + plan"] = why_not
+        return []
     from edgeoss.plan import make_plan, write_plan
 
     plan = make_plan(plan_request(spec, hf, device, budget, "reference", args))
@@ -139,11 +156,9 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
                  "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s"),
                  "miss_bytes_per_token": (plan["prediction"] or {}).get("miss_bytes_per_token")}
     if not plan["fits"]:
-        runs.append(Setting("reference + plan", "reference", hf, {}, predicted, runnable=False))
-        return runs
+        return [Setting("reference + plan", "reference", hf, {}, predicted, runnable=False)]
     path = write_plan(args.out / "plans" / f"reference-{budget}.json", plan)
-    runs.append(Setting("reference + plan", "reference", hf, {"plan": str(path)}, predicted))
-    return runs
+    return [Setting("reference + plan", "reference", hf, {"plan": str(path)}, predicted)]
 
 
 def not_run(setting: Setting, budget: int) -> dict[str, Any]:
@@ -282,7 +297,9 @@ def main() -> None:
     skipped: dict[str, str] = {}
     if args.calibrate_at:
         budget = parse_size(args.calibrate_at)
-        plan_run = [x for x in settings(args.hf, gguf, device, budget, args, {}) if x.engine == "reference"]
+        plan_run = reference_runs(Checkpoint.open(args.hf).spec, args.hf, device, budget, args, skipped)
+        if not plan_run:
+            sys.exit(f"cannot calibrate: {skipped['reference + plan']}")
         console.print(f"[dim]calibration: reference + plan @ {human(budget)} ...[/dim]")
         measured = one_run(plan_run[0], budget, args)
         if measured["outcome"] != "ok":

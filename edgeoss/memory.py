@@ -205,7 +205,11 @@ def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int,
     activations = 4 * chunk * activation_floats_per_token(spec)
     scores = 4 * chunk * spec.num_attention_heads * context if t.materializes_scores else 0
     prompt = min(context, max(1, prompt_tokens))
-    logits = 4 * spec.vocab_size * (prompt + (chunk if prompt > chunk else 0) if t.logits_per_position else 1)
+    if t.logits_per_position:  # the prompt's rows, and a chunk's own rows while a long prompt fills them
+        logits_rows = prompt + (chunk if prompt > chunk else 0)
+    else:
+        logits_rows = 1
+    logits = 4 * spec.vocab_size * logits_rows
     stream_buffer = spec.num_experts_per_tok * expert_bytes if t.streams_experts else 0
     return activations + scores + logits + stream_buffer
 

@@ -163,7 +163,7 @@ def _fit_reference(req: PlanRequest) -> Fit:
     """The reference runtime: dense weights, KV and scratch resident; experts fill what is left."""
     spec, device = req.spec, req.device
     w = weight_bytes(spec, req.dense_type, "reference")
-    kv = kv_cache(spec, req.context, engine_kv_type("reference", req.kv_type), "reference")
+    kv = _kv(req)
     scratch = scratch_bytes(spec, req.context, "reference", w.expert, req.prompt_tokens)
     overhead = overhead_bytes("reference", device.platform)
     budget = device.app_budget_bytes
@@ -187,7 +187,7 @@ def _fit_llamacpp(req: PlanRequest) -> Fit:
     memory is part of RAM and capped by its working-set limit."""
     spec, device = req.spec, req.device
     w = weight_bytes(spec, req.dense_type, "llamacpp")
-    kv = kv_cache(spec, req.context, req.kv_type, "llamacpp")
+    kv = _kv(req)
     scratch = scratch_bytes(spec, req.context, "llamacpp", w.expert, req.prompt_tokens)
     host_overhead = overhead_bytes("llamacpp", device.platform)
     budget, layers = device.app_budget_bytes, spec.num_hidden_layers
@@ -246,7 +246,7 @@ def make_plan(req: PlanRequest) -> dict:
 def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, Prediction]:
     spec = req.spec
     w = weight_bytes(spec, req.dense_type, req.engine)
-    kv = kv_cache(spec, req.context, engine_kv_type(req.engine, req.kv_type), req.engine)
+    kv = _kv(req)
     placement = place_experts(result.resident_slots, spec.num_hidden_layers, spec.num_local_experts,
                               spec.num_experts_per_tok, req.trace)
     if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
@@ -255,12 +255,21 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
         misses = held_out_misses(req.trace, placement.slots, spec)
     else:
         misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
-    settings = result.llamacpp or {}
-    layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
-                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses,
-                    prefill_chunk=engine_traits(req.engine).prefill_chunk)
     resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
-    return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
+    return placement, predict(spec, w, kv, req.device, _layout(req, result, misses), resident, req.prompt_tokens,
+                              req.calibration)
+
+
+def _kv(req: PlanRequest):
+    """The KV cache of the request's engine at its context, in the type that engine really stores."""
+    return kv_cache(req.spec, req.context, engine_kv_type(req.engine, req.kv_type), req.engine)
+
+
+def _layout(req: PlanRequest, result: Fit, misses_per_token: float) -> Layout:
+    settings = result.llamacpp or {}
+    return Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
+                  gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses_per_token,
+                  prefill_chunk=engine_traits(req.engine).prefill_chunk)
 
 
 def held_out_misses(trace: Trace, slots: int, spec: ModelSpec) -> float:
@@ -284,7 +293,8 @@ def _model_section(req: PlanRequest) -> dict:
     w = weight_bytes(spec, req.dense_type, req.engine)
     return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
             "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
-            "expert_bytes": w.expert, "dense_type": req.dense_type, "kv_type": engine_kv_type(req.engine, req.kv_type),
+            "expert_bytes": w.expert, "dense_type": req.dense_type,
+            "kv_type": engine_kv_type(req.engine, req.kv_type),
             "weight_bytes": w.dense + w.experts_total}
 
 
@@ -311,9 +321,10 @@ def _experts_section(req: PlanRequest, p: ExpertPlacement) -> dict:
 # ---- engine settings --------------------------------------------------------------------------------------
 def llamacpp_settings(req: PlanRequest) -> dict:
     """llama.cpp settings for the device (every expert resident; per-layer CPU/GPU split)."""
+    req = req.replace(engine="llamacpp")
     result = _fit_llamacpp(req)
     s = result.llamacpp
-    n_ctx = kv_cache(req.spec, req.context, req.kv_type, "llamacpp").full_cells
+    n_ctx = _kv(req).full_cells
     kv_ggml = {"bf16": "bf16", "f16": "f16", "f32": "f32", "q8_0": "q8_0"}[req.kv_type]
     flags = ["-c", str(n_ctx), "-ngl", str(s["n_gpu_layers"]), "-fa", "on", "-t", str(req.device.cpu_threads),
              "-ctk", kv_ggml, "-ctv", kv_ggml]
@@ -335,7 +346,7 @@ def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
     w = weight_bytes(req.spec, req.dense_type, "reference")
     discrete_gpu = req.device.has_gpu and not req.device.gpu_unified
     return {
-        "llamacpp": llamacpp_settings(req.replace(engine="llamacpp")),
+        "llamacpp": llamacpp_settings(req),
         "ortgenai": {"max_length": req.context, "past_present_share_buffer": True,
                      "provider": "cuda" if discrete_gpu else "cpu",
                      "search": {"max_length": req.context, "past_present_share_buffer": True}},
@@ -353,9 +364,9 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
 
     Flash: when the engine timed its misses (the reference's `decode_miss_seconds_per_token`: reading, dropping
     the page cache, building the expert), the flash efficiency is set so that the predicted flash time of the
-    measured bytes per token equals that time; otherwise the measured bytes keep the current flash efficiency. The rest of the measured time
-    fixes one factor r that scales the memory and compute efficiencies alike, so the non-flash part of the
-    prediction becomes exactly the measured one."""
+    measured bytes per token equals that time; otherwise the measured bytes keep the current flash efficiency.
+    The rest of the measured time fixes one factor r that scales the memory and compute efficiencies alike, so
+    the non-flash part of the prediction becomes exactly the measured one."""
     try:
         measured_s = 1.0 / float(result["decode_tok_s"]["median"])
         context = int(result["prompt_tokens"]) + int(result["gen_tokens"])
@@ -374,12 +385,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     if read_per_token > 0 and transfer_s > 0:
         efficiency = read_per_token / (transfer_s * at.device.flash_seq_read_mb_s * 1e6)
         base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
-    settings = fit(at).llamacpp or {}
-    layout = Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
-                    gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses,
-                    prefill_chunk=engine_traits(at.engine).prefill_chunk)
-    p = predict(at.spec, w, kv_cache(at.spec, at.context, engine_kv_type(at.engine, at.kv_type), at.engine),
-                at.device, layout, 0, 1, base)
+    p = predict(at.spec, w, _kv(at), at.device, _layout(at, fit(at), misses), 0, 1, base)
     r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
     return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
                                compute_efficiency=min(1.0, base.compute_efficiency * r))

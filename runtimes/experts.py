@@ -14,8 +14,10 @@ the expert: what the planner's flash term stands for).
 
 The budget is the only copy: after each pread the store tells the kernel to drop those file pages
 (POSIX_FADV_DONTNEED), so the bytes it read do not stay behind as page cache. On a phone the page cache is
-charged to the app's budget (as in a memory cgroup), and an expert kept twice would push out the dense weights
-the runtime maps, which would then be read from flash again. An `Expert` keeps its weights as stored: MXFP4 matrices and bf16 biases.
+charged to the app's budget (as in a memory cgroup), and an expert kept twice would push out the dense
+weights the runtime maps, which would then be read from flash again.
+
+An `Expert` keeps its weights as stored: MXFP4 matrices and bf16 biases.
 
 Plans: `load_plan(path)` accepts `{"pinned": {"<layer>": [expert ids]}}` or the planner's plan.json with a
 top-level `"experts": {"pinned": {...}, "budget_bytes": N}`.

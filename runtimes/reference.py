@@ -260,13 +260,10 @@ class ReferenceEngine:
         """Logits of every position; computed in chunks of PREFILL_CHUNK tokens, so a long prompt's activations
         stay bounded (results are the same bit for bit: a token's arithmetic does not depend on its batch)."""
         before = self.experts.counters.bytes_read
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        if len(tokens) <= PREFILL_CHUNK:
-            logits = self.forward(tokens)
-        else:
-            logits = np.empty((len(tokens), self.spec.vocab_size), dtype=np.float32)
-            for i in range(0, len(tokens), PREFILL_CHUNK):
-                logits[i:i + PREFILL_CHUNK] = self.forward(tokens[i:i + PREFILL_CHUNK])
+        tokens = self._checked(tokens)  # the whole prompt, before any chunk changes the sequence
+        logits = np.empty((len(tokens), self.spec.vocab_size), dtype=np.float32)
+        for i in range(0, len(tokens), PREFILL_CHUNK):
+            logits[i:i + PREFILL_CHUNK] = self.forward(tokens[i:i + PREFILL_CHUNK])
         self.prefill_reads.append((len(tokens), self.experts.counters.bytes_read - before))
         return logits
 
@@ -299,8 +296,8 @@ class ReferenceEngine:
         return self.recorder.trace(engine=self.name)
 
     # ---- the forward pass -------------------------------------------------------------------------------
-    def forward(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append tokens to the sequence; float32 logits [T, vocab]."""
+    def _checked(self, tokens: Sequence[int]) -> np.ndarray:
+        """Token ids as int64 [T], if they are valid ids and fit after the sequence so far."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         s = self.spec
         if tokens.size and (tokens.min() < 0 or tokens.max() >= s.vocab_size):
@@ -308,6 +305,12 @@ class ReferenceEngine:
         if self.length + len(tokens) > s.max_position_embeddings:
             raise UsageError(f"sequence of {self.length + len(tokens)} tokens exceeds the model's "
                              f"{s.max_position_embeddings} positions")
+        return tokens
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append tokens to the sequence; float32 logits [T, vocab]."""
+        tokens = self._checked(tokens)
+        s = self.spec
         if not tokens.size:
             return np.zeros((0, s.vocab_size), dtype=np.float32)
         clock, ops = time.perf_counter, self.time_by_op
