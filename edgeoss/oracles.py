@@ -21,7 +21,7 @@ class OracleUnavailable(EdgeossError):
     """An oracle package is not installed (install the test extra: pip install 'edgeoss[test]')."""
 
 
-def _torch():
+def require_torch():
     try:
         import torch
     except ImportError:
@@ -34,7 +34,7 @@ class TransformersOracle:
     """transformers' GptOssForCausalLM loaded once in fp32: logits for a sequence, greedy continuations."""
 
     def __init__(self, hf_folder: str | Path):
-        self.torch = _torch()
+        self.torch = require_torch()
         try:
             from transformers import GptOssForCausalLM, Mxfp4Config
         except ImportError:
@@ -69,7 +69,7 @@ def transformers_logits(hf_folder: str | Path, tokens: np.ndarray) -> np.ndarray
 
 
 def gpt_oss_logits(original_folder: str | Path, tokens: np.ndarray) -> np.ndarray:
-    torch = _torch()
+    torch = require_torch()
     try:
         from gpt_oss.torch.model import Transformer
     except ImportError:

@@ -53,3 +53,12 @@ def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: f
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_trained() -> dict[str, Path]:
+    """The tiny spec trained on real text (edgeoss.trained; trained once per machine, kept in the edgeoss cache)."""
+    pytest.importorskip("torch")
+    from edgeoss.trained import trained_checkpoint
+
+    return trained_checkpoint(preset("tiny"))

@@ -1,0 +1,103 @@
+"""How often llama.cpp's top-1 token on our GGUF equals the original model's, on random and on trained weights.
+
+    python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps 400] [--presets tiny,odd]
+
+For each preset: the random-weight checkpoint the tests use, and the same spec trained on the Python standard
+library's source (`edgeoss.trained`, transformers' GptOssForCausalLM in fp32, experts then quantized to MXFP4).
+Each is exported with the default options (`edgeoss export gguf`: BF16 dense, MXFP4 experts) and run on held-out
+text, in windows of the trained context (256 positions, each window its own sequence), by llama.cpp (F32 KV
+cache), by transformers in fp32 (the original model), and by the reference runtime with llama.cpp's numerics
+emulated (Q8_0 inputs to the MXFP4 matmuls, bf16 inputs to the bf16 matmuls, rounded
+YaRN range). Printed: top-1 agreement with the original, the same for the emulated reference, whether
+llama.cpp and the emulation pick the same token everywhere, mean KL(original || llama.cpp), the original's
+median top-1/top-2 logit gap, the widest gap at which llama.cpp's top-1 differed, and the top-1 agreement of
+the reference with each of llama.cpp's three effects emulated alone (which one costs the agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgeoss import trained
+from edgeoss.exporters.gguf import export_gguf
+from edgeoss.oracles import TransformersOracle
+from edgeoss.parity import mean_kl
+from edgeoss.runtimes.engine import all_logits
+from edgeoss.runtimes.llamacpp import LlamaCppEngine
+from edgeoss.runtimes.reference import Emulation, ReferenceEngine
+from edgeoss.spec import preset
+from edgeoss.synth import synthesize
+
+console = Console(stderr=True)
+EFFECTS = ("q8_activations", "bf16_activations", "ggml_yarn_rounding")  # llama.cpp's, for a bf16-dense GGUF
+
+
+def checkpoint(work: Path, name: str, kind: str, steps: int) -> Path:
+    if kind == "trained":  # kept in the edgeoss cache, shared with the tests
+        return trained.trained_checkpoint(preset(name), steps=steps,
+                                          log=lambda m: console.print(f"  {name}: {m}"))["hf"]
+    out = work / f"{name}-random"
+    return out if out.is_dir() else synthesize(out, preset(name), "hf", seed=0, progress=False)
+
+
+def measure(ckpt: Path, gguf: Path, tokens: np.ndarray, window: int) -> dict:
+    if not gguf.exists():
+        export_gguf(ckpt, gguf, progress=False)
+    engine = LlamaCppEngine(gguf, n_ctx=window + 16, n_threads=2)
+    try:
+        llama = trained.in_windows(lambda t: all_logits(engine, list(t)), tokens, window)
+    finally:
+        engine.close()
+    oracle = TransformersOracle(ckpt)
+    original = trained.in_windows(oracle.logits, tokens, window)
+    oracle.close()
+
+    def emulating(*names: str) -> np.ndarray:
+        reference = ReferenceEngine(ckpt, emulation=Emulation(**{n: True for n in names}))
+        return trained.in_windows(lambda t: all_logits(reference, list(t)), tokens, window)
+
+    emulated = emulating(*EFFECTS)
+    alone = {n: (emulating(n).argmax(1) == original.argmax(1)).mean() for n in EFFECTS}
+    top2 = np.sort(original, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    agree = llama.argmax(1) == original.argmax(1)
+    return {"top1": agree.mean(), "emulated_top1": (emulated.argmax(1) == original.argmax(1)).mean(),
+            "same_as_emulated": (llama.argmax(1) == emulated.argmax(1)).mean(),
+            "kl": mean_kl(original, llama),
+            "median_gap": float(np.median(gap)), "widest_flip": float(gap[~agree].max()) if (~agree).any() else 0.0,
+            "alone": alone, "accuracy": float((original[:-1].argmax(1) == tokens[1:]).mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--positions", type=int, default=1024)
+    ap.add_argument("--window", type=int, default=trained.SEQ_LEN, help="positions per sequence")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--presets", default="tiny,odd")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    tokens = trained.held_out_tokens(args.positions)
+    table = Table(title=f"llama.cpp vs the original (transformers fp32), {args.positions} held-out positions "
+                  f"in windows of {args.window}")
+    for col in ("model", "next-token acc", "top-1 llama.cpp", "top-1 emulated ref", "llama.cpp = emulated",
+                "mean KL", "median gap", "widest flip gap", "top-1 emulating Q8_0 / bf16 / YaRN alone"):
+        table.add_column(col)
+    for name in args.presets.split(","):
+        for kind in ("random", "trained"):
+            console.print(f"{name} {kind} ...")
+            r = measure(checkpoint(args.work, name, kind, args.steps), args.work / f"{name}-{kind}.gguf", tokens,
+                        args.window)
+            table.add_row(f"{name} {kind}", f"{r['accuracy']:.1%}", f"{r['top1']:.2%}", f"{r['emulated_top1']:.2%}",
+                          f"{r['same_as_emulated']:.2%}", f"{r['kl']:.1e}", f"{r['median_gap']:.3f}",
+                          f"{r['widest_flip']:.3f}", " / ".join(f"{r['alone'][n]:.2%}" for n in EFFECTS))
+    Console(width=220).print(table)
+
+
+if __name__ == "__main__":
+    main()
