@@ -110,6 +110,8 @@ def train(spec: ModelSpec, steps: int = 400, seed: int = 0, log=None) -> tuple[d
     """Train from the synthesized init; returns the stored bytes of every tensor and the loss curve."""
     from .oracles import require_torch
 
+    if steps < 3:
+        raise ValueError("train for at least 3 steps")
     torch = require_torch()
     torch.manual_seed(seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -143,7 +145,8 @@ def _train(torch, spec: ModelSpec, steps: int, seed: int, log) -> tuple[dict[str
     used_unembed = torch.nn.Parameter(unembed[used].clone())
     params = [p for p in model.parameters() if p.requires_grad] + [used_embed, used_unembed]
     opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LEARNING_RATE, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LEARNING_RATE, total_steps=steps,
+                                                pct_start=max(0.1, 2 / steps))  # >= 2 warm-up steps
     rng = np.random.default_rng(seed)
     losses = []
     for step in range(steps):

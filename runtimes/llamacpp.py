@@ -96,6 +96,28 @@ def cpu_moe_patterns(layers: int | Iterable[int] | None, num_layers: int) -> dic
     return {expert_pattern(chosen): "CPU"} if chosen else {}
 
 
+def _cpu_has_amx() -> bool:
+    """llama-cpp-python builds llama.cpp for the machine it is installed on: AMX code exists iff the CPU has it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_int8" in line for line in f)
+    except OSError:
+        return False
+
+
+def repack_is_safe(tensor_types: Mapping[str, int]) -> bool:
+    """False where llama.cpp's extra buffer types would crash: Q8_0 tensors on a CPU with AMX.
+
+    llama.cpp (0.3.36's vendored copy) repacks Q8_0 weights into its AMX buffer at load (Sapphire Rapids and
+    later) and then crashes (SIGSEGV) in the first decode on our q8_0-dense GGUFs. A tensor override to "CPU" does
+    not avoid it (llama.cpp re-selects the extra buffer types for CPU overrides), so such a model loads without
+    extra buffer types (no repack; the same model, computed by the plain CPU kernels).
+    """
+    import gguf
+
+    return not (_cpu_has_amx() and gguf.GGMLQuantizationType.Q8_0 in tensor_types.values())
+
+
 def split_files(first: Path, count: int) -> list[Path]:
     """Every shard of a llama.cpp split GGUF from its first one (NAME-00001-of-0000N.gguf), or [first]."""
     if count <= 1:
@@ -126,6 +148,7 @@ class LlamaCppEngine:
         self.path, self.n_ctx = path, n_ctx
         self.files = split_files(path, int(meta.get("split.count", 1)))
         self.n_threads = n_threads or os.cpu_count() or 1
+        repack = repack and repack_is_safe(meta.tensor_types)
         self.options = dict(f32_kv=f32_kv, flash_attn=flash_attn, use_mmap=use_mmap, repack=repack)
         self.overrides = {**cpu_moe_patterns(cpu_moe_layers, self.spec.num_hidden_layers),
                           **(tensor_overrides or {})}

@@ -164,7 +164,9 @@ def test_python_function_killed_or_failing_gives_no_result():
 @pytest.mark.parametrize("signum, returncode", [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 143)])
 def test_interrupting_edgeoss_removes_the_cgroup(signum, returncode):
     runner = subprocess.Popen(python("""
-        from edgeoss.memlimit import run_limited
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when pytest runs as a
+        from edgeoss.memlimit import run_limited                  # background job (which ignores SIGINT)
         run_limited(["sleep", "60"], 64 * 2**20)
     """), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
