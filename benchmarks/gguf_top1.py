@@ -26,7 +26,7 @@ from rich.table import Table
 from edgeoss import trained
 from edgeoss.exporters.gguf import export_gguf
 from edgeoss.oracles import TransformersOracle
-from edgeoss.parity import mean_kl
+from edgeoss.parity import Metrics
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.llamacpp import LlamaCppEngine
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
@@ -62,13 +62,13 @@ def measure(ckpt: Path, gguf: Path, tokens: np.ndarray, window: int) -> dict:
         return trained.in_windows(lambda t: all_logits(reference, list(t)), tokens, window)
 
     emulated = emulating(*EFFECTS)
-    alone = {n: (emulating(n).argmax(1) == original.argmax(1)).mean() for n in EFFECTS}
+    alone = {n: Metrics.between(original, emulating(n)).top1 for n in EFFECTS}
     top2 = np.sort(original, axis=1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0]
     agree = llama.argmax(1) == original.argmax(1)
-    return {"top1": agree.mean(), "emulated_top1": (emulated.argmax(1) == original.argmax(1)).mean(),
-            "same_as_emulated": (llama.argmax(1) == emulated.argmax(1)).mean(),
-            "kl": mean_kl(original, llama),
+    vs_original = Metrics.between(original, llama)
+    return {"top1": vs_original.top1, "emulated_top1": Metrics.between(original, emulated).top1,
+            "same_as_emulated": Metrics.between(emulated, llama).top1, "kl": vs_original.mean_kl,
             "median_gap": float(np.median(gap)), "widest_flip": float(gap[~agree].max()) if (~agree).any() else 0.0,
             "alone": alone, "accuracy": float((original[:-1].argmax(1) == tokens[1:]).mean())}
 

@@ -66,9 +66,9 @@ def corpus_tokens() -> tuple[np.ndarray, np.ndarray]:
     return train_ids, held_ids
 
 
-def held_out_tokens(n: int, offset: int = 0) -> np.ndarray:
+def held_out_tokens(n: int) -> np.ndarray:
     """n tokens of text the training never saw."""
-    tokens = corpus_tokens()[1][offset:]
+    tokens = corpus_tokens()[1]
     if len(tokens) < n:
         raise ValueError(f"only {len(tokens)} held-out tokens")
     return tokens[:n].copy()
@@ -90,24 +90,19 @@ def _canonical_values(spec: ModelSpec, model_state: dict) -> dict[str, np.ndarra
     """Stored bytes of every canonical tensor from transformers' state dict (BF16 bits, MXFP4 blocks/scales)."""
     out: dict[str, np.ndarray] = {}
     for info in tensor_table(spec):
-        if info.kind == "experts" and not info.name.endswith(".bias"):
-            layer, projection, part = info.name.split(".")[1:]
-            if part == "blocks":
-                blocks, scales = mxfp4.quantize(_expert_weight(model_state, int(layer), projection))
-                out[f"layers.{layer}.{projection}.blocks"] = blocks
-                out[f"layers.{layer}.{projection}.scales"] = scales
-            continue
-        values = model_state[stored_name(spec, HF, info.name).name]
-        if info.kind == "experts":  # expert biases: [E, out] in both
-            values = values.reshape(info.shape)
-        out[info.name] = f32_to_bf16(values)
-    for info in tensor_table(spec):
+        if info.name.endswith(".blocks"):  # layers.N.PROJECTION.blocks; its .scales come with it
+            layer, projection = info.name.split(".")[1:3]
+            out[info.name], out[info.name.replace(".blocks", ".scales")] = mxfp4.quantize(
+                _expert_weight(model_state, int(layer), projection))
+        elif not info.name.endswith(".scales"):
+            values = model_state[stored_name(spec, HF, info.name).name]
+            out[info.name] = f32_to_bf16(values.reshape(info.shape))
         assert out[info.name].shape == info.shape, (info.name, out[info.name].shape, info.shape)
     return out
 
 
-def train(spec: ModelSpec, steps: int = 400, seed: int = 0, log=None) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Train from the synthesized init; returns the stored bytes of every tensor and the loss curve."""
+def train(spec: ModelSpec, steps: int = 400, seed: int = 0, log=None) -> dict[str, np.ndarray]:
+    """Train from the synthesized init; returns the stored bytes of every tensor (`log` gets the loss)."""
     from .oracles import require_torch
 
     if steps < 3:
@@ -122,7 +117,7 @@ def train(spec: ModelSpec, steps: int = 400, seed: int = 0, log=None) -> tuple[d
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(torch, spec: ModelSpec, steps: int, seed: int, log) -> tuple[dict[str, np.ndarray], list[float]]:
+def _train(torch, spec: ModelSpec, steps: int, seed: int, log) -> dict[str, np.ndarray]:
     from .oracles import TransformersOracle
 
     train_tokens, held_tokens = corpus_tokens()
@@ -167,13 +162,13 @@ def _train(torch, spec: ModelSpec, steps: int, seed: int, log) -> tuple[dict[str
         embed[used] = used_embed
         unembed[used] = used_unembed
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    return _canonical_values(spec, state), losses
+    return _canonical_values(spec, state)
 
 
 def write_trained(out: str | Path, spec: ModelSpec, layouts: tuple[str, ...] = (HF,), steps: int = 400,
                   seed: int = 0, log=None) -> dict[str, Path]:
     """Train once, write the checkpoint in each layout under out/<layout>."""
-    values, _ = train(spec, steps, seed, log)
+    values = train(spec, steps, seed, log)
 
     def chunks(info: TensorInfo) -> Iterator[np.ndarray]:
         yield values[info.name]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -96,6 +97,7 @@ def cpu_moe_patterns(layers: int | Iterable[int] | None, num_layers: int) -> dic
     return {expert_pattern(chosen): "CPU"} if chosen else {}
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_has_amx() -> bool:
     """llama-cpp-python builds llama.cpp for the machine it is installed on: AMX code exists iff the CPU has it."""
     try:
@@ -115,7 +117,7 @@ def repack_is_safe(tensor_types: Mapping[str, int]) -> bool:
     """
     import gguf
 
-    return not (_cpu_has_amx() and gguf.GGMLQuantizationType.Q8_0 in tensor_types.values())
+    return not (gguf.GGMLQuantizationType.Q8_0 in tensor_types.values() and _cpu_has_amx())
 
 
 def split_files(first: Path, count: int) -> list[Path]:
