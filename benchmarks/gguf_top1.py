@@ -1,6 +1,6 @@
 """How often llama.cpp's top-1 token on our GGUF equals the original model's, on random and on trained weights.
 
-    python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps 400] [--presets tiny,odd]
+    python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps 400] [--presets tiny,odd,odd-hd16]
 
 For each preset: the random-weight checkpoint the tests use, and the same spec trained on the Python standard
 library's source (`edgeoss.trained`, transformers' GptOssForCausalLM in fp32, experts then quantized to MXFP4).
@@ -12,11 +12,15 @@ YaRN range). Printed: top-1 agreement with the original, the same for the emulat
 llama.cpp and the emulation pick the same token everywhere, mean KL(original || llama.cpp), the original's
 median top-1/top-2 logit gap, the widest gap at which llama.cpp's top-1 differed, and the top-1 agreement of
 the reference with each of llama.cpp's three effects emulated alone (which one costs the agreement).
+
+`odd-hd16` is the odd preset with a rope geometry no gpt-oss has (head_dim 16, YaRN from an original context of
+256), where llama.cpp's rounding of the YaRN range to whole dimensions changes the rotary frequencies a lot.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +34,25 @@ from edgeoss.parity import Metrics
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.llamacpp import LlamaCppEngine
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
-from edgeoss.spec import preset
+from edgeoss.spec import ModelSpec, preset
 from edgeoss.synth import synthesize
 
 console = Console(stderr=True)
 EFFECTS = ("q8_activations", "bf16_activations", "ggml_yarn_rounding")  # llama.cpp's, for a bf16-dense GGUF
 
 
+def spec(name: str) -> ModelSpec:
+    if name == "odd-hd16":
+        return dataclasses.replace(preset("odd"), head_dim=16, rope_original_context=256, name="gpt-oss-odd-hd16")
+    return preset(name)
+
+
 def checkpoint(work: Path, name: str, kind: str, steps: int) -> Path:
     if kind == "trained":  # kept in the edgeoss cache, shared with the tests
-        return trained.trained_checkpoint(preset(name), steps=steps,
+        return trained.trained_checkpoint(spec(name), steps=steps,
                                           log=lambda m: console.print(f"  {name}: {m}"))["hf"]
     out = work / f"{name}-random"
-    return out if out.is_dir() else synthesize(out, preset(name), "hf", seed=0, progress=False)
+    return out if out.is_dir() else synthesize(out, spec(name), "hf", seed=0, progress=False)
 
 
 def measure(ckpt: Path, gguf: Path, tokens: np.ndarray, window: int) -> dict:
@@ -79,7 +89,7 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=1024)
     ap.add_argument("--window", type=int, default=trained.SEQ_LEN, help="positions per sequence")
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--presets", default="tiny,odd")
+    ap.add_argument("--presets", default="tiny,odd,odd-hd16")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tokens = trained.held_out_tokens(args.positions)

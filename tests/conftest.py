@@ -56,9 +56,10 @@ def cli():
 
 
 @pytest.fixture(scope="session")
-def tiny_trained() -> dict[str, Path]:
-    """The tiny spec trained on real text (edgeoss.trained; trained once per machine, kept in the edgeoss cache)."""
+def trained():
+    """trained(name) -> {"hf": folder, "original": folder}: the preset trained on real text (edgeoss.trained;
+    trained once per machine, kept in the edgeoss cache)."""
     pytest.importorskip("torch")
     from edgeoss.trained import trained_checkpoint
 
-    return trained_checkpoint(preset("tiny"))
+    return lambda name: trained_checkpoint(preset(name))
