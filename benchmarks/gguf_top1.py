@@ -30,7 +30,7 @@ from rich.table import Table
 from edgeoss import trained
 from edgeoss.exporters.gguf import export_gguf
 from edgeoss.oracles import TransformersOracle
-from edgeoss.parity import Metrics
+from edgeoss.parity import Metrics, top2_gap
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.llamacpp import LlamaCppEngine
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
@@ -51,13 +51,11 @@ def checkpoint(work: Path, name: str, kind: str, steps: int) -> Path:
     if kind == "trained":  # kept in the edgeoss cache, shared with the tests
         return trained.trained_checkpoint(spec(name), steps=steps,
                                           log=lambda m: console.print(f"  {name}: {m}"))["hf"]
-    out = work / f"{name}-random"
-    return out if out.is_dir() else synthesize(out, spec(name), "hf", seed=0, progress=False)
+    return synthesize(work / f"{name}-random", spec(name), "hf", seed=0, force=True, progress=False)  # seconds
 
 
 def measure(ckpt: Path, gguf: Path, tokens: np.ndarray, window: int) -> dict:
-    if not gguf.exists():
-        export_gguf(ckpt, gguf, progress=False)
+    export_gguf(ckpt, gguf, progress=False)  # always from this checkpoint: a second or two
     engine = LlamaCppEngine(gguf, n_ctx=window + 16, n_threads=2)
     try:
         llama = trained.in_windows(lambda t: all_logits(engine, list(t)), tokens, window)
@@ -73,8 +71,7 @@ def measure(ckpt: Path, gguf: Path, tokens: np.ndarray, window: int) -> dict:
 
     emulated = emulating(*EFFECTS)
     alone = {n: Metrics.between(original, emulating(n)).top1 for n in EFFECTS}
-    top2 = np.sort(original, axis=1)[:, -2:]
-    gap = top2[:, 1] - top2[:, 0]
+    gap = top2_gap(original)
     agree = llama.argmax(1) == original.argmax(1)
     vs_original = Metrics.between(original, llama)
     return {"top1": vs_original.top1, "emulated_top1": Metrics.between(original, emulated).top1,

@@ -63,6 +63,12 @@ def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(axis=-1).mean())
 
 
+def top2_gap(logits: np.ndarray) -> np.ndarray:
+    """Per position, how far the top logit is above the second: where it is tiny, any rounding may flip top-1."""
+    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
 def greedy_match(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
