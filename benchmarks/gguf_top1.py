@@ -1,6 +1,6 @@
 """How often llama.cpp's top-1 token on our GGUF equals the original model's, on random and on trained weights.
 
-    python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps 400] [--presets tiny,odd,odd-hd16]
+    python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps STEPS] [--presets tiny,odd,odd-hd16]
 
 For each preset: the random-weight checkpoint the tests use, and the same spec trained on the Python standard
 library's source (`edgeoss.trained`, transformers' GptOssForCausalLM in fp32, experts then quantized to MXFP4).
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--positions", type=int, default=1024)
     ap.add_argument("--window", type=int, default=trained.SEQ_LEN, help="positions per sequence")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=trained.STEPS)
     ap.add_argument("--presets", default="tiny,odd,odd-hd16")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

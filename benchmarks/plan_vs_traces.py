@@ -7,8 +7,15 @@ gpt-oss-120b's (36 x 128, top-4): the plan is made from one sample of a router (
 another sample of the same router (evaluation), so it never sees the tokens it is scored on. "static*" is
 the best static placement in hindsight: the plan re-made from the evaluation sample itself (an optimistic
 bound: it knows which experts the scored tokens happen to use). "plan, 16x trace" is the plan made from a
-third sample 16 times longer, whose popularity estimate is nearly exact: what the plan converges to. A recorded trace comes from the reference runtime decoding the synthetic
-tiny model token by token (first half calibrates, second half evaluates).
+third sample 16 times longer, whose popularity estimate is nearly exact: what the plan converges to.
+
+Recorded traces come from the reference runtime:
+- "trained": the tiny and odd presets trained on real text (edgeoss.trained, the models of the GGUF top-1
+  test), run over 256-token windows of text: the plan is made from the routing of training text and scored on
+  held-out text (other files of the standard library), so the scored text differs from the calibration text
+  as an app's prompts differ from a calibration run's;
+- "random weights": the synthetic tiny model decoding its own greedy tokens (first half calibrates, second
+  half evaluates).
 
 Goals (issue 6): plan within 1.1x of Belady, and >= 25 % fewer misses than LRU where the trace has skew.
 """
@@ -69,6 +76,27 @@ def recorded_trace(tokens: int) -> Trace:
             engine.close()
 
 
+def trained_traces(name: str, tokens: int) -> tuple[Trace, Trace]:
+    """Routing of a preset trained on real text, over `tokens` tokens of training text (calibration) and of
+    held-out text (evaluation), each run as windows of the context it learned."""
+    from edgeoss.runtimes.reference import ReferenceEngine
+    from edgeoss.spec import preset
+    from edgeoss.trained import SEQ_LEN, corpus_tokens, trained_checkpoint
+
+    def record(text: np.ndarray) -> Trace:
+        engine = ReferenceEngine(trained_checkpoint(preset(name))["hf"], trace=True)
+        try:
+            for i in range(0, len(text), SEQ_LEN):
+                engine.reset()
+                engine.prefill(text[i:i + SEQ_LEN])
+            return engine.routing_trace()
+        finally:
+            engine.close()
+
+    train_text, held_out_text = corpus_tokens()
+    return record(train_text[:tokens]), record(held_out_text[:tokens])
+
+
 def print_table(rows: list[dict]) -> None:
     print("| trace | resident | slots (cache) | plan | plan, 16x trace | LRU | LFU | Belady | static* | plan/Belady | "
           "plan vs LRU | 16x vs LRU |")
@@ -87,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=2048, help="tokens per parametric sample")
     ap.add_argument("--recorded-tokens", type=int, default=384, help="tokens the reference runtime decodes")
+    ap.add_argument("--trained-tokens", type=int, default=2048, help="text tokens per trained-model sample")
     ap.add_argument("--skip-recorded", action="store_true")
     args = ap.parse_args()
     print(f"machine: {machine()}")
@@ -99,8 +128,12 @@ def main() -> None:
             long = parametric_trace(16 * args.tokens, layers, experts, k, zipf=zipf, reuse=reuse, seed=11, sample=2)
             rows += [row(f"{shape} zipf {zipf:g} reuse {reuse:g}", f, *samples, long) for f in FRACTIONS]
     if not args.skip_recorded:
+        for name in ("tiny", "odd"):
+            calibration, evaluation = trained_traces(name, args.trained_tokens)
+            rows += [row(f"{name} trained, held-out text ({evaluation.num_tokens} tokens)", f, calibration,
+                         evaluation) for f in FRACTIONS]
         calibration, evaluation = split_trace(recorded_trace(args.recorded_tokens), 0.5)
-        rows += [row(f"tiny, reference runtime ({evaluation.num_tokens} tokens)", f, calibration, evaluation)
+        rows += [row(f"tiny random weights ({evaluation.num_tokens} tokens)", f, calibration, evaluation)
                  for f in FRACTIONS]
     print(f"misses per token (lower is better); {args.tokens} tokens per sample; "
           f"{time.perf_counter() - start:.1f} s\n")
