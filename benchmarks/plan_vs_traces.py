@@ -36,7 +36,7 @@ from measure import machine  # noqa: E402
 from edgeoss.cache_sim import compare  # noqa: E402
 from edgeoss.placement import place_experts  # noqa: E402
 from edgeoss.runtimes.trace import Trace  # noqa: E402
-from edgeoss.traces import parametric_trace, split_trace  # noqa: E402
+from edgeoss.traces import locality, parametric_trace, popularity, split_trace  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SHAPES = {"20b": (24, 32, 4), "120b": (36, 128, 4)}
@@ -97,6 +97,15 @@ def trained_traces(name: str, tokens: int) -> tuple[Trace, Trace]:
     return record(train_text[:tokens]), record(held_out_text[:tokens])
 
 
+def describe(label: str, trace: Trace) -> str:
+    """Skew (share of a token's k choices each layer's busiest and idlest expert takes) and locality."""
+    share = popularity(trace) / trace.top_k
+    consecutive, shuffled = locality(trace)
+    return (f"{label}: busiest expert per layer {share.max(1).min():.2f}-{share.max(1).max():.2f} of the "
+            f"choices, idlest {share.min(1).min():.3f}-{share.min(1).max():.3f} (uniform {1 / trace.num_experts:.3f}); "
+            f"consecutive tokens' expert sets overlap {consecutive:.2f} (Jaccard), shuffled {shuffled:.2f}")
+
+
 def print_table(rows: list[dict]) -> None:
     print("| trace | resident | slots (cache) | plan | plan, 16x trace | LRU | LFU | Belady | static* | plan/Belady | "
           "plan vs LRU | 16x vs LRU |")
@@ -127,17 +136,21 @@ def main() -> None:
                        for s in (0, 1)]
             long = parametric_trace(16 * args.tokens, layers, experts, k, zipf=zipf, reuse=reuse, seed=11, sample=2)
             rows += [row(f"{shape} zipf {zipf:g} reuse {reuse:g}", f, *samples, long) for f in FRACTIONS]
+    routing = []  # what the recorded routers look like: skew and token-to-token locality
     if not args.skip_recorded:
         for name in ("tiny", "odd"):
             calibration, evaluation = trained_traces(name, args.trained_tokens)
+            routing.append(describe(f"{name} trained, held-out text", evaluation))
             rows += [row(f"{name} trained, held-out text ({evaluation.num_tokens} tokens)", f, calibration,
                          evaluation) for f in FRACTIONS]
         calibration, evaluation = split_trace(recorded_trace(args.recorded_tokens), 0.5)
+        routing.append(describe("tiny random weights", evaluation))
         rows += [row(f"tiny random weights ({evaluation.num_tokens} tokens)", f, calibration, evaluation)
                  for f in FRACTIONS]
     print(f"misses per token (lower is better); {args.tokens} tokens per sample; "
           f"{time.perf_counter() - start:.1f} s\n")
     print_table(rows)
+    print("\n" + "\n".join(routing))
     skewed = [r for r in rows if "zipf 0 " not in r["trace"] and r["lru"]]
     met_lru = sum(r["plan"] <= 0.75 * r["lru"] for r in skewed)
     met_belady = sum(r["plan"] <= 1.1 * r["belady"] for r in rows)

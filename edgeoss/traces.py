@@ -30,6 +30,19 @@ def popularity(trace: Trace) -> np.ndarray:
     return trace.counts() / max(1, trace.num_tokens)
 
 
+def locality(trace: Trace, seed: int = 0) -> tuple[float, float]:
+    """(consecutive, shuffled): the mean Jaccard overlap of the expert sets of consecutive tokens (per layer), and
+    the same over the tokens in a random order, the control: equal figures mean no token-to-token reuse."""
+    chosen = np.zeros((trace.num_tokens, trace.num_layers, trace.num_experts), dtype=bool)
+    np.put_along_axis(chosen, trace.experts.astype(np.int64), True, axis=-1)
+
+    def mean_jaccard(m: np.ndarray) -> float:
+        both = (m[:-1] & m[1:]).sum(-1)
+        return float(np.mean(both / (m[:-1] | m[1:]).sum(-1)))
+
+    return mean_jaccard(chosen), mean_jaccard(chosen[np.random.default_rng(seed).permutation(trace.num_tokens)])
+
+
 def split_trace(trace: Trace, fraction: float) -> tuple[Trace, Trace]:
     """(first part, rest) at a token boundary: calibrate on one, evaluate on the other."""
     if trace.num_tokens < 2:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from edgeoss.cache_sim import access_stream, compare, next_uses, replay
 from edgeoss.placement import hot_order, most_popular, place_experts
 from edgeoss.runtimes.trace import FORMAT, VERSION, Trace, read_trace, write_trace
-from edgeoss.traces import parametric_trace, popularity, split_trace
+from edgeoss.traces import locality, parametric_trace, popularity, split_trace
 
 
 def trace_of(rows: list[list[list[int]]], num_experts: int) -> Trace:
@@ -126,6 +126,12 @@ def test_plan_beats_lru_on_skewed_traces_and_matches_static_optimum_on_uniform_o
     assert got == pytest.approx(96 * (1 - 383 / 768), rel=0.03)  # what the planner predicts without a trace
 
 
+def test_locality_by_hand():
+    # one layer of 4 experts, k = 2: {0,1} -> {1,2} -> {1,2}: Jaccard 1/3 then 1
+    trace = trace_of([[[0, 1]], [[1, 2]], [[2, 1]]], 4)
+    assert locality(trace)[0] == pytest.approx((1 / 3 + 1) / 2)
+
+
 def test_parametric_trace_knobs():
     flat = parametric_trace(2000, 2, 16, 2, zipf=0.0, reuse=0.0, seed=1)
     skewed = parametric_trace(2000, 2, 16, 2, zipf=1.5, reuse=0.0, seed=1)
@@ -139,6 +145,10 @@ def test_parametric_trace_knobs():
 
     assert overlap(flat) == pytest.approx(2 * 2 / 16, abs=0.05)  # independent draws
     assert overlap(sticky) > 1.5
+    consecutive, shuffled = locality(flat)
+    assert consecutive == pytest.approx(shuffled, abs=0.02)  # no reuse: as good as a shuffled order
+    consecutive, shuffled = locality(sticky)
+    assert consecutive > 0.6 > 0.2 > shuffled
     for t in (flat, skewed, sticky):  # k distinct experts per token and layer
         assert (np.sort(t.experts, axis=-1)[..., 1:] != np.sort(t.experts, axis=-1)[..., :-1]).all()
     same_router = parametric_trace(2000, 2, 16, 2, zipf=1.5, seed=1, sample=7)
