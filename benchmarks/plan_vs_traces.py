@@ -83,8 +83,10 @@ def trained_traces(name: str, tokens: int) -> tuple[Trace, Trace]:
     from edgeoss.spec import preset
     from edgeoss.trained import SEQ_LEN, corpus_tokens, trained_checkpoint
 
+    folder = trained_checkpoint(preset(name))["hf"]  # trained once, then from the edgeoss cache
+
     def record(text: np.ndarray) -> Trace:
-        engine = ReferenceEngine(trained_checkpoint(preset(name))["hf"], trace=True)
+        engine = ReferenceEngine(folder, trace=True)
         try:
             for i in range(0, len(text), SEQ_LEN):
                 engine.reset()
@@ -101,8 +103,9 @@ def describe(label: str, trace: Trace) -> str:
     """Skew (share of a token's k choices each layer's busiest and idlest expert takes) and locality."""
     share = popularity(trace) / trace.top_k
     consecutive, shuffled = locality(trace)
-    return (f"{label}: busiest expert per layer {share.max(1).min():.2f}-{share.max(1).max():.2f} of the "
-            f"choices, idlest {share.min(1).min():.3f}-{share.min(1).max():.3f} (uniform {1 / trace.num_experts:.3f}); "
+    busiest, idlest = share.max(1), share.min(1)
+    return (f"{label}: busiest expert per layer {busiest.min():.2f}-{busiest.max():.2f} of the choices, idlest "
+            f"{idlest.min():.3f}-{idlest.max():.3f} (uniform {1 / trace.num_experts:.3f}); "
             f"consecutive tokens' expert sets overlap {consecutive:.2f} (Jaccard), shuffled {shuffled:.2f}")
 
 
