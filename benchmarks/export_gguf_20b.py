@@ -30,9 +30,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from edgeoss import mxfp4
-from edgeoss.checkpoint import Checkpoint
-from edgeoss.runtimes.ggml_gguf import read_metadata
+from edgeoss.formats import mxfp4
+from edgeoss.formats.checkpoint import Checkpoint
+from edgeoss.formats.ggml_gguf import read_metadata
 from edgeoss.units import human
 
 SDIST = "llama-cpp-python==0.3.36"

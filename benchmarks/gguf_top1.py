@@ -3,7 +3,7 @@
     python benchmarks/gguf_top1.py WORKDIR [--positions 1024] [--steps STEPS] [--presets tiny,odd,odd-hd16]
 
 For each preset: the random-weight checkpoint the tests use, and the same spec trained on the Python standard
-library's source (`edgeoss.trained`, transformers' GptOssForCausalLM in fp32, experts then quantized to MXFP4).
+library's source (`edgeoss.validate.trained`, transformers' GptOssForCausalLM in fp32, experts then quantized to MXFP4).
 Each is exported with the default options (`edgeoss export gguf`: BF16 dense, MXFP4 experts) and run on held-out
 text, in windows of the trained context (256 positions, each window its own sequence), by llama.cpp (F32 KV
 cache), by transformers in fp32 (the original model), and by the reference runtime with llama.cpp's numerics
@@ -27,15 +27,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edgeoss import trained
+from edgeoss.validate import trained
 from edgeoss.exporters.gguf import export_gguf
-from edgeoss.oracles import TransformersOracle
-from edgeoss.parity import Metrics, top2_gap
+from edgeoss.validate.oracles import TransformersOracle
+from edgeoss.validate.parity import Metrics, top2_gap
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.llamacpp import LlamaCppEngine
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
-from edgeoss.spec import ModelSpec, preset
-from edgeoss.synth import synthesize
+from edgeoss.formats.spec import ModelSpec, preset
+from edgeoss.formats.synth import synthesize
 
 console = Console(stderr=True)
 EFFECTS = ("q8_activations", "bf16_activations", "ggml_yarn_rounding")  # llama.cpp's, for a bf16-dense GGUF

@@ -5,11 +5,11 @@
         [--only reference|llamacpp] [--calibrate profile.json | --calibrate-at 8GiB] [--trace-tokens N]
 
 Every run is one engine, loaded cold (its files evicted from the page cache first) in a fresh process inside a
-memory cgroup limited to the budget (`edgeoss.memlimit`): anonymous memory AND the page cache of the weights
+memory cgroup limited to the budget (`edgeoss.validate.memlimit`): anonymous memory AND the page cache of the weights
 count, as on a phone. Budgets: the device profile's app budget and each --limits value. Settings:
 - llama.cpp, mmap (its default), experts repacked: x86 copies the MXFP4 experts into anonymous memory at load;
 - llama.cpp, mmap, no repack (`--no-repack`): the experts stay file-backed (reclaimable page cache);
-- llama.cpp with the plan's settings for that budget (`edgeoss.plan`; on a CPU-only device: no mmap, so the
+- llama.cpp with the plan's settings for that budget (`edgeoss.planner.plan`; on a CPU-only device: no mmap, so the
   experts are read once into the repacked buffer);
 - the reference runtime with the plan's pinned experts and expert budget (a budget the plan says cannot hold
   the dense weights is listed as "plan: does not fit", not run).
@@ -17,7 +17,7 @@ llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, 
 plan's columns give its predicted fit, RAM, decode speed and flash bytes per token for the device
 (`--device this-machine` measures this machine first, so that predictions and measurements are comparable;
 `--calibrate` feeds a measured reference profile back into the reference plans). A setting whose piece is missing
-(no GGUF, no llama-cpp-python, no edgeoss.plan, no reference runtime) is skipped and named.
+(no GGUF, no llama-cpp-python, no edgeoss.planner.plan, no reference runtime) is skipped and named.
 
 Prints a table, writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
 a killed run is drawn at 0). Needs root and a cgroup memory controller (exit 2 with the reason otherwise).
@@ -39,9 +39,9 @@ from measure import machine  # noqa: E402
 
 from rich.console import Console  # noqa: E402
 
-from edgeoss.checkpoint import Checkpoint  # noqa: E402
+from edgeoss.formats.checkpoint import Checkpoint  # noqa: E402
 from edgeoss.errors import EdgeossError  # noqa: E402
-from edgeoss.memlimit import cgroups_available, run_profile_limited  # noqa: E402
+from edgeoss.validate.memlimit import cgroups_available, run_profile_limited  # noqa: E402
 from edgeoss.units import human, parse_size  # noqa: E402
 
 console = Console(stderr=True)  # progress; the results go to stdout
@@ -62,15 +62,15 @@ def have(module: str) -> bool:
 
 
 def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str, args: argparse.Namespace):
-    """edgeoss.plan's request for this model on `device` with the app budget set to `budget`."""
-    from edgeoss.plan import PlanRequest
+    """edgeoss.planner.plan's request for this model on `device` with the app budget set to `budget`."""
+    from edgeoss.planner.plan import PlanRequest
 
     device = replace(device, app_budget_bytes=budget, ram_bytes=max(device.ram_bytes, budget))
     request = PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
                           prompt_tokens=args.prompt_tokens, trace=args.router_trace,
                           trace_source=str(args.trace_path or ""))
     if args.calibrate and engine == "reference":
-        from edgeoss.plan import load_calibration
+        from edgeoss.planner.plan import load_calibration
 
         request = request.replace(calibration=load_calibration(args.calibrate, request))
     return request
@@ -82,7 +82,7 @@ def record_trace(hf: Path, args: argparse.Namespace) -> Path:
     import numpy as np
 
     from edgeoss.runtimes.reference import ReferenceEngine
-    from edgeoss.runtimes.trace import write_trace
+    from edgeoss.formats.routing_trace import write_trace
 
     engine = ReferenceEngine(hf, trace=True)
     try:
@@ -111,7 +111,7 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
 
 
 def _why_not_plan(device: Any) -> str | None:
-    return ("edgeoss.plan missing" if not have("edgeoss.plan") else
+    return ("edgeoss.planner.plan missing" if not have("edgeoss.planner.plan") else
             "no device profile (--device none)" if device is None else None)
 
 
@@ -132,7 +132,7 @@ def llamacpp_runs(spec: Any, gguf: Path | None, device: Any, budget: int, args: 
     if why_not_plan or not llama:
         skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
         return runs
-    from edgeoss.plan import llamacpp_settings
+    from edgeoss.planner.plan import llamacpp_settings
     from edgeoss.runtimes.llamacpp import options_from_plan
 
     planned = llamacpp_settings(plan_request(spec, gguf, device, budget, "llamacpp", args))
@@ -149,7 +149,7 @@ def reference_runs(spec: Any, hf: Path, device: Any, budget: int, args: argparse
     if why_not:
         skipped["reference + plan"] = why_not
         return []
-    from edgeoss.plan import make_plan, write_plan
+    from edgeoss.planner.plan import make_plan, write_plan
 
     plan = make_plan(plan_request(spec, hf, device, budget, "reference", args))
     predicted = {"fits": plan["fits"], "ram_bytes": plan["memory"]["ram_bytes"],
@@ -271,10 +271,10 @@ def main() -> None:
         budgets = {parse_size(x) for x in args.limits.split(",") if x.strip()}
         device = None
         if args.device != "none":
-            from edgeoss.profiles import load_profile
+            from edgeoss.planner.profiles import load_profile
 
             if args.device == "this-machine":  # measured now: the plans predict for the machine that runs
-                from edgeoss.device_measure import measure
+                from edgeoss.validate.device_measure import measure
 
                 device = measure("this-machine", args.out, 256 << 20).profile
             else:
@@ -283,7 +283,7 @@ def main() -> None:
         gguf = gguf_path(args)
         args.trace_path = args.router_trace = None
         if args.trace_tokens > 0:
-            from edgeoss.runtimes.trace import read_trace
+            from edgeoss.formats.routing_trace import read_trace
 
             console.print(f"recording the router over {args.trace_tokens} tokens ...")
             args.trace_path = record_trace(args.hf, args)

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import machine  # noqa: E402
 
-from edgeoss import mxfp4  # noqa: E402
+from edgeoss.formats import mxfp4  # noqa: E402
 from edgeoss.exporters.onnx_experts import ENCODINGS, SWIGLU_ALPHA, MoeShape, QuantError, write_moe  # noqa: E402
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info  # noqa: E402
 from edgeoss.runtimes.onnxrt import qmoe_precision  # noqa: E402

@@ -49,8 +49,8 @@ def ensure_checkpoint(workdir: Path, preset: str) -> Path:
 
 def budget_profile(workdir: Path, budget: int) -> Path:
     """This machine, measured, with the app budget the benchmark is about."""
-    from edgeoss.device_measure import measure
-    from edgeoss.profiles import profile_toml
+    from edgeoss.validate.device_measure import measure
+    from edgeoss.planner.profiles import profile_toml
 
     measured = measure("this-machine-budget", workdir, 256 << 20)
     profile = dataclasses.replace(measured.profile, name=f"this-machine-{human(budget).replace(' ', '')}",
@@ -78,7 +78,7 @@ def child(checkpoint: Path, plan: Path, out: Path, prompt_tokens: int, decode_to
     import numpy as np
 
     from edgeoss.runtimes.reference import ReferenceEngine
-    from edgeoss.runtimes.trace import write_trace
+    from edgeoss.formats.routing_trace import write_trace
 
     start = time.perf_counter()
     engine = ReferenceEngine(checkpoint, plan=plan, trace=True)
@@ -103,9 +103,9 @@ def replayed_decode_misses(plan: dict, trace_path: Path, prompt_tokens: int) -> 
     """Misses per decoded token when the recorded routing is replayed through the plan's policy."""
     import numpy as np
 
-    from edgeoss.cache_sim import access_stream, plan_policy_misses
-    from edgeoss.plan import plan_arrays
-    from edgeoss.runtimes.trace import read_trace
+    from edgeoss.planner.cache_sim import access_stream, plan_policy_misses
+    from edgeoss.planner.plan import plan_arrays
+    from edgeoss.formats.routing_trace import read_trace
 
     pinned, _, _ = plan_arrays(plan)
     trace = read_trace(trace_path)

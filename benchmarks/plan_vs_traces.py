@@ -2,7 +2,7 @@
 
     python benchmarks/plan_vs_traces.py [--tokens 2048] [--recorded-tokens 384] [--skip-recorded]
 
-Parametric traces (edgeoss/traces.py) at gpt-oss-20b's shape (24 layers x 32 experts, top-4) and
+Parametric traces (edgeoss/planner/traces.py) at gpt-oss-20b's shape (24 layers x 32 experts, top-4) and
 gpt-oss-120b's (36 x 128, top-4): the plan is made from one sample of a router (calibration) and replayed on
 another sample of the same router (evaluation), so it never sees the tokens it is scored on. "static*" is
 the best static placement in hindsight: the plan re-made from the evaluation sample itself (an optimistic
@@ -10,7 +10,7 @@ bound: it knows which experts the scored tokens happen to use). "plan, 16x trace
 third sample 16 times longer, whose popularity estimate is nearly exact: what the plan converges to.
 
 Recorded traces come from the reference runtime:
-- "trained": the tiny and odd presets trained on real text (edgeoss.trained, the models of the GGUF top-1
+- "trained": the tiny and odd presets trained on real text (edgeoss.validate.trained, the models of the GGUF top-1
   test), run over 256-token windows of text: the plan is made from the routing of training text and scored on
   held-out text (other files of the standard library), so the scored text differs from the calibration text
   as an app's prompts differ from a calibration run's;
@@ -33,10 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import machine  # noqa: E402
 
-from edgeoss.cache_sim import compare  # noqa: E402
-from edgeoss.placement import place_experts  # noqa: E402
-from edgeoss.runtimes.trace import Trace  # noqa: E402
-from edgeoss.traces import locality, parametric_trace, popularity, split_trace  # noqa: E402
+from edgeoss.planner.cache_sim import compare  # noqa: E402
+from edgeoss.planner.placement import place_experts  # noqa: E402
+from edgeoss.formats.routing_trace import Trace  # noqa: E402
+from edgeoss.planner.traces import locality, parametric_trace, popularity, split_trace  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75)
 SHAPES = {"20b": (24, 32, 4), "120b": (36, 128, 4)}
@@ -60,8 +60,8 @@ def row(label: str, fraction: float, calibration: Trace, evaluation: Trace, long
 def recorded_trace(tokens: int) -> Trace:
     """Decode the synthetic tiny model token by token in the reference runtime, recording its routing."""
     from edgeoss.runtimes.reference import ReferenceEngine
-    from edgeoss.spec import preset
-    from edgeoss.synth import synthesize
+    from edgeoss.formats.spec import preset
+    from edgeoss.formats.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = synthesize(Path(tmp) / "tiny", preset("tiny"), "hf", seed=0, progress=False)
@@ -80,8 +80,8 @@ def trained_traces(name: str, tokens: int) -> tuple[Trace, Trace]:
     """Routing of a preset trained on real text, over `tokens` tokens of training text (calibration) and of
     held-out text (evaluation), each run as windows of the context it learned."""
     from edgeoss.runtimes.reference import ReferenceEngine
-    from edgeoss.spec import preset
-    from edgeoss.trained import SEQ_LEN, corpus_tokens, trained_checkpoint
+    from edgeoss.formats.spec import preset
+    from edgeoss.validate.trained import SEQ_LEN, corpus_tokens, trained_checkpoint
 
     folder = trained_checkpoint(preset(name))["hf"]  # trained once, then from the edgeoss cache
 

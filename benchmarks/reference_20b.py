@@ -26,7 +26,7 @@ from measure import machine  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from edgeoss.spec import preset, sizes  # noqa: E402
+from edgeoss.formats.spec import preset, sizes  # noqa: E402
 from edgeoss.units import human, parse_size  # noqa: E402
 
 

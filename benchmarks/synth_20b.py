@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import machine, run_measured  # noqa: E402
 
-from edgeoss.spec import preset, sizes  # noqa: E402
+from edgeoss.formats.spec import preset, sizes  # noqa: E402
 
 
 def disk_write_mb_s(folder: Path, nbytes: int = 2 << 30) -> float:

@@ -46,8 +46,8 @@ def _folder_bytes(path: Path) -> int:
 
 # ---- steps ---------------------------------------------------------------------------------------
 def synthesize(d: Demo) -> Row:
-    from .spec import preset
-    from .synth import synthesize as write
+    from .formats.spec import preset
+    from .formats.synth import synthesize as write
 
     d.paths["checkpoint"] = write(d.workdir / "checkpoint", preset(d.preset), "hf", seed=0, force=True)
     return Row("synthesize", str(d.paths["checkpoint"]), _folder_bytes(d.paths["checkpoint"]),
@@ -55,7 +55,7 @@ def synthesize(d: Demo) -> Row:
 
 
 def inspect(d: Demo) -> Row:
-    from .inspect import checkpoint_report
+    from .formats.inspect import checkpoint_report
 
     report = checkpoint_report(d.paths["checkpoint"])
     d.facts["spec"] = report["spec"]
@@ -65,8 +65,8 @@ def inspect(d: Demo) -> Row:
 
 
 def harmony(d: Demo) -> Row:
-    from .harmony import render_prompt
-    from .tokenizer import decode
+    from .formats.harmony import render_prompt
+    from .formats.tokenizer import decode
 
     ids = render_prompt([("user", DEMO_PROMPT)], reasoning="low")
     d.facts["prompt_ids"] = ids
@@ -75,9 +75,9 @@ def harmony(d: Demo) -> Row:
 
 
 def plan(d: Demo) -> Row:
-    from .plan import PlanRequest, make_plan, write_plan
-    from .profiles import load_profile
-    from .spec import from_config, load_config
+    from .planner.plan import PlanRequest, make_plan, write_plan
+    from .planner.profiles import load_profile
+    from .formats.spec import from_config, load_config
 
     spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
     result = make_plan(PlanRequest(spec=spec, device=load_profile(d.device), context=DEMO_CONTEXT,
@@ -108,10 +108,10 @@ def export_onnx(d: Demo) -> Row:
 
 
 def parity(d: Demo) -> Row:
-    from . import parity as check
-    from .parity import Artifact, gguf_artifact
-    from .profiler import random_prompt
-    from .spec import from_config, load_config
+    from .validate import parity as check
+    from .validate.parity import Artifact, gguf_artifact
+    from .validate.profiler import random_prompt
+    from .formats.spec import from_config, load_config
 
     spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
     tokens = __import__("numpy").array(random_prompt(spec, DEMO_PARITY_POSITIONS), dtype="int64")
@@ -133,7 +133,7 @@ def _short(verdict: str) -> str:
 
 
 def profile(d: Demo) -> Row:
-    from .profiler import profile as measure
+    from .validate.profiler import profile as measure
 
     speeds = {}
     for engine, artifact in (("reference", d.paths["checkpoint"]), ("llamacpp", d.paths["gguf"]),
@@ -146,8 +146,8 @@ def profile(d: Demo) -> Row:
 
 
 def package(d: Demo) -> Row:
-    from .bundle import verify
-    from .package import package_android, package_windows
+    from .package.bundle import verify
+    from .package.build import package_android, package_windows
 
     android, _ = package_android(d.paths["gguf"], d.workdir / "bundle-android", device=d.device,
                                  context=DEMO_CONTEXT, force=True)

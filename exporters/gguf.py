@@ -3,7 +3,7 @@
     export_gguf("gpt-oss-20b/", "gpt-oss-20b.gguf")                 # bf16 dense, MXFP4 experts
     export_gguf(ckpt, "out.gguf", dense_type="q8_0", split_max_size=2 << 30, expert_order={0: [3, 1, 0, 2]})
 
-What is written (names and storage from `edgeoss.exporters.gguf_names`):
+What is written (names and storage from `edgeoss.formats.gguf_names`):
 - every key llama.cpp reads for `gpt-oss` (none left to a silent default), general.* and the tokenizer
   (o200k_harmony as gpt2 BPE with the `gpt-4o` pre-tokenizer, the harmony chat template);
 - experts as one 3-D MXFP4 tensor (ggml type 39) per projection and layer: the checkpoint's codes and scale
@@ -27,22 +27,22 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import gguf
 import numba
 import numpy as np
 from gguf import GGMLQuantizationType as GGML
 
-from edgeoss import mxfp4
+from edgeoss.formats import mxfp4
 from edgeoss.atomic import atomic_file
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, EdgeossError, SpecError, UsageError
 from edgeoss.progress import byte_progress
-from edgeoss.safetensors_io import NUMPY_DTYPES, bf16_to_f32
-from edgeoss.spec import ModelSpec, tensor_table
-from edgeoss.exporters.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, REQUIRED_KEYS,
-                                          expert_name, tensor_name)
+from edgeoss.formats.safetensors_io import NUMPY_DTYPES, bf16_to_f32
+from edgeoss.formats.spec import ModelSpec, tensor_table
+from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, expert_name, tensor_name)
+from edgeoss.formats.gguf_meta import missing_keys
 from edgeoss.jsonfile import read_json
 
 CHUNK_BYTES = 32 << 20  # source bytes per chunk of a dense tensor
@@ -273,7 +273,7 @@ def add_metadata(writer: gguf.GGUFWriter, spec: ModelSpec, name: str) -> None:
     factor itself), swiglu limit and gating function (hard-coded for gpt-oss). llama.cpp always rounds the
     YaRN correction range (the HF config's `truncate: false` cannot be expressed).
     """
-    from edgeoss import tokenizer
+    from edgeoss.formats import tokenizer
 
     w = writer
     w.add_type(gguf.GGUFType.MODEL)
@@ -316,58 +316,6 @@ def add_metadata(writer: gguf.GGUFWriter, spec: ModelSpec, name: str) -> None:
     w.add_add_bos_token(False)  # harmony prompts start with <|start|>, never <|startoftext|>
     w.add_add_eos_token(False)
     w.add_chat_template(tokenizer.chat_template())
-
-
-def missing_keys(keys: Iterable[str]) -> list[str]:
-    present = set(keys)
-    return [k for k in REQUIRED_KEYS if k not in present]
-
-
-def spec_from_metadata(meta: Mapping[str, object], vocab_size: int | None = None) -> ModelSpec:
-    """The ModelSpec a gpt-oss GGUF describes (the inverse of `add_metadata`), as llama.cpp reads it: keys it
-    would default take llama.cpp's defaults, and the YaRN range is truncated (llama.cpp always rounds it)."""
-    from edgeoss.spec import FULL, SLIDING, default_layer_types
-
-    def get(template: str, default: object = None) -> object:
-        key = template.format(arch=ARCH)
-        if key not in meta and default is None:
-            raise SpecError(f"GGUF metadata lacks {key}")
-        return meta.get(key, default)
-
-    K = gguf.Keys
-    if meta.get(K.General.ARCHITECTURE) != ARCH:
-        raise SpecError(f"GGUF architecture is {meta.get(K.General.ARCHITECTURE)!r}, not {ARCH!r}")
-    layers = int(get(K.LLM.BLOCK_COUNT))
-    heads = int(get(K.Attention.HEAD_COUNT))
-    hidden = int(get(K.LLM.EMBEDDING_LENGTH))
-    pattern = meta.get(K.Attention.SLIDING_WINDOW_PATTERN.format(arch=ARCH))
-    layer_types = (tuple(SLIDING if s else FULL for s in pattern) if isinstance(pattern, list)
-                   else default_layer_types(layers))
-    return ModelSpec(
-        num_hidden_layers=layers,
-        num_local_experts=int(get(K.LLM.EXPERT_COUNT)),
-        num_experts_per_tok=int(get(K.LLM.EXPERT_USED_COUNT)),
-        hidden_size=hidden,
-        intermediate_size=int(get(K.LLM.EXPERT_FEED_FORWARD_LENGTH)),
-        num_attention_heads=heads,
-        num_key_value_heads=int(get(K.Attention.HEAD_COUNT_KV, heads)),
-        head_dim=int(get(K.Attention.KEY_LENGTH, hidden // heads)),
-        vocab_size=int(vocab_size if vocab_size is not None else get(K.LLM.VOCAB_SIZE)),
-        sliding_window=int(get(K.Attention.SLIDING_WINDOW)),
-        layer_types=layer_types,
-        rope_theta=float(get(K.Rope.FREQ_BASE, 10000.0)),
-        rope_factor=float(get(K.Rope.SCALING_FACTOR, 1.0)),
-        rope_beta_fast=float(get(K.Rope.SCALING_YARN_BETA_FAST, 32.0)),
-        rope_beta_slow=float(get(K.Rope.SCALING_YARN_BETA_SLOW, 1.0)),
-        rope_original_context=int(get(K.Rope.SCALING_ORIG_CTX_LEN, get(K.LLM.CONTEXT_LENGTH))),
-        rope_truncate=True,
-        rms_norm_eps=float(f"{get(K.Attention.LAYERNORM_RMS_EPS):.7g}"),  # stored as float32
-        max_position_embeddings=int(get(K.LLM.CONTEXT_LENGTH)),
-        bos_token_id=int(meta.get(K.Tokenizer.BOS_ID, 199998)),
-        eos_token_id=int(meta.get(K.Tokenizer.EOS_ID, 200002)),
-        pad_token_id=int(meta.get(K.Tokenizer.PAD_ID, 199999)),
-        name=str(meta.get(K.General.NAME, ARCH)),
-    )
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -464,4 +412,4 @@ def write_gguf(out: str | Path, spec: ModelSpec, tensors: Sequence[GGUFTensor], 
 
 
 __all__ = ["export_gguf", "write_gguf", "plan_tensors", "add_metadata", "check_expert_order", "read_plan_expert_order",
-           "missing_keys", "GGUFTensor", "ExportError"]
+           "GGUFTensor", "ExportError"]

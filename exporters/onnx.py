@@ -39,16 +39,15 @@ from typing import Iterator
 import numpy as np
 from onnx import TensorProto
 
-from edgeoss import mxfp4, tokenizer
+from edgeoss.formats import mxfp4, tokenizer
 from edgeoss.atomic import atomic_dir
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, UsageError
 from edgeoss.exporters.onnx_experts import ENCODINGS, MoeShape, QuantError, write_moe
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
-from edgeoss.runtimes.rope import correction_range
-from edgeoss.safetensors_io import bf16_to_f32
-from edgeoss.spec import BF16, ModelSpec
+from edgeoss.formats.safetensors_io import bf16_to_f32
+from edgeoss.formats.spec import BF16, ModelSpec, correction_range
 from edgeoss.jsonfile import read_json
 
 MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_config.json", "edgeoss.json"

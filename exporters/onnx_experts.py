@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgeoss import mxfp4
+from edgeoss.formats import mxfp4
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph
 
 SWIGLU_ALPHA = 1.702  # gpt-oss's sigmoid gain, fixed in the model code (not in any config)

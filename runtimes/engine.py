@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from edgeoss.errors import UsageError
-from edgeoss.spec import ModelSpec
+from edgeoss.formats.spec import ModelSpec
 
 
 @runtime_checkable

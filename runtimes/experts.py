@@ -34,11 +34,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from edgeoss.checkpoint import EXPERT_PROJECTIONS, Checkpoint
+from edgeoss.formats.checkpoint import EXPERT_PROJECTIONS, Checkpoint
 from edgeoss.errors import CheckpointError, UsageError
-from edgeoss.mxfp4 import dequantize
+from edgeoss.formats.mxfp4 import dequantize
 from edgeoss.runtimes import kernels
-from edgeoss.safetensors_io import bf16_to_f32
+from edgeoss.formats.safetensors_io import bf16_to_f32
 from edgeoss.units import human
 from edgeoss.jsonfile import read_json
 

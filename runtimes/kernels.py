@@ -37,7 +37,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from edgeoss.mxfp4 import BLOCK, BLOCK_BYTES, FP4_VALUES
+from edgeoss.formats.mxfp4 import BLOCK, BLOCK_BYTES, FP4_VALUES
 
 ROWS_PER_TASK = 16  # output rows per scheduling unit: keeps per-row scratch allocations off the hot path
 

@@ -31,9 +31,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edgeoss.errors import EdgeossError, UsageError
-from edgeoss.exporters.gguf import spec_from_metadata
-from edgeoss.exporters.gguf_names import ARCH, arch_key, expert_pattern
-from edgeoss.runtimes.ggml_gguf import buffer_types, read_metadata
+from edgeoss.formats.gguf_meta import spec_from_metadata
+from edgeoss.formats.gguf_names import ARCH, arch_key, expert_pattern
+from edgeoss.formats.ggml_gguf import buffer_types, read_metadata
 
 _PARAMS_LOCK = threading.Lock()  # the params hook is process-wide while a model loads
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from edgeoss.errors import UsageError
-from edgeoss.spec import ModelSpec
+from edgeoss.formats.spec import ModelSpec
 
 MANIFEST, MODEL, GENAI_CONFIG = "edgeoss.json", "model.onnx", "genai_config.json"
 QMOE_PRECISION_ENV = "ORT_QMOE_CPU_QNBIT_GEMM"

@@ -37,15 +37,16 @@ import time
 
 import numpy as np
 
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import UsageError
-from edgeoss.memory import engine_traits
+from edgeoss.planner.memory import engine_traits
 from edgeoss.runtimes import kernels
 from edgeoss.runtimes.experts import Expert, ExpertPlan, ExpertStore, ExpertTransform, load_plan
 from edgeoss.runtimes.rope import Rope, yarn_rope
-from edgeoss.runtimes.trace import Trace, TraceRecorder
-from edgeoss.safetensors_io import bf16_to_f32, f32_to_bf16
-from edgeoss.spec import ModelSpec
+from edgeoss.formats.routing_trace import Trace
+from edgeoss.runtimes.trace import TraceRecorder
+from edgeoss.formats.safetensors_io import bf16_to_f32, f32_to_bf16
+from edgeoss.formats.spec import ModelSpec
 from edgeoss.units import parse_size
 
 SWIGLU_ALPHA = 1.702

@@ -21,20 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeoss.spec import ModelSpec
-
-
-def correction_range(spec: ModelSpec, truncate: bool) -> tuple[float, float]:
-    """The YaRN ramp's [low, high] in rotary pair indices (floored / ceiled when truncating)."""
-    dim = spec.head_dim
-
-    def correction_dim(rotations: float) -> float:
-        return dim * math.log(spec.rope_original_context / (rotations * 2 * math.pi)) / (2 * math.log(spec.rope_theta))
-
-    low, high = correction_dim(spec.rope_beta_fast), correction_dim(spec.rope_beta_slow)
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    return max(low, 0), min(high, dim - 1)
+from edgeoss.formats.spec import ModelSpec, correction_range
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeoss.spec import preset
-from edgeoss.synth import synthesize
+from edgeoss.formats.spec import preset
+from edgeoss.formats.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,9 +57,9 @@ def cli():
 
 @pytest.fixture(scope="session")
 def trained():
-    """trained(name) -> {"hf": folder, "original": folder}: the preset trained on real text (edgeoss.trained;
+    """trained(name) -> {"hf": folder, "original": folder}: the preset trained on real text (edgeoss.validate.trained;
     trained once per machine, kept in the edgeoss cache)."""
     pytest.importorskip("torch")
-    from edgeoss.trained import trained_checkpoint
+    from edgeoss.validate.trained import trained_checkpoint
 
     return lambda name: trained_checkpoint(preset(name))

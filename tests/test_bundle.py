@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeoss import bundle
-from edgeoss.bundle import MANIFEST, BundleError, path_problem, read_manifest, verify, write_manifest
+from edgeoss.package import bundle
+from edgeoss.package.bundle import MANIFEST, BundleError, path_problem, read_manifest, verify, write_manifest
 
 FILES = {"model-00001-of-00002.gguf": b"first shard" * 1000, "model-00002-of-00002.gguf": b"second",
          "o200k_base.tiktoken": b"vocab", "sub/chat_template.jinja": b"{{ messages }}"}

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeoss.cache_sim import access_stream, compare, next_uses, replay
-from edgeoss.placement import hot_order, most_popular, place_experts
-from edgeoss.runtimes.trace import FORMAT, VERSION, Trace, read_trace, write_trace
-from edgeoss.traces import locality, parametric_trace, popularity, split_trace
+from edgeoss.planner.cache_sim import access_stream, compare, next_uses, replay
+from edgeoss.planner.placement import hot_order, most_popular, place_experts
+from edgeoss.formats.routing_trace import FORMAT, VERSION, Trace, read_trace, write_trace
+from edgeoss.planner.traces import locality, parametric_trace, popularity, split_trace
 
 
 def trace_of(rows: list[list[list[int]]], num_experts: int) -> Trace:
@@ -178,7 +178,7 @@ def test_most_popular_and_hot_order():
 def test_replay_reproduces_the_reference_runtime_expert_store(tiny_hf, tmp_path):
     """Token-by-token decoding in the reference runtime with a plan: its store's misses equal the replay's."""
     from edgeoss.runtimes.reference import ReferenceEngine
-    from edgeoss.spec import preset, sizes
+    from edgeoss.formats.spec import preset, sizes
 
     spec_bytes = sizes(preset("tiny")).bytes_per_expert
     cal = parametric_trace(64, 4, 8, 2, zipf=1.0, seed=0)

@@ -7,10 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError
-from edgeoss.safetensors_io import SafetensorsFile, bf16_to_f32
-from edgeoss.spec import tensor_table
+from edgeoss.formats.safetensors_io import SafetensorsFile, bf16_to_f32
+from edgeoss.formats.spec import tensor_table
 
 
 def test_layouts_hold_identical_tensors(tiny_hf, tiny_original):

@@ -6,12 +6,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import UsageError
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.experts import ExpertPlan, ExpertStore, load_plan
 from edgeoss.runtimes.reference import ReferenceEngine
-from edgeoss.spec import sizes
+from edgeoss.formats.spec import sizes
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_a_plan_that_pins_every_expert_needs_no_cache_slot(tiny_hf, tmp_path):
     import json
 
     from edgeoss.runtimes.engine import load_engine
-    from edgeoss.spec import preset, sizes
+    from edgeoss.formats.spec import preset, sizes
 
     spec = preset("tiny")
     pinned = {str(layer): list(range(spec.num_local_experts)) for layer in range(spec.num_hidden_layers)}

@@ -16,14 +16,15 @@ import gguf
 import numpy as np
 import pytest
 
-from edgeoss import mxfp4
-from edgeoss.checkpoint import Checkpoint
-from edgeoss.exporters.gguf import export_gguf, missing_keys, spec_from_metadata
-from edgeoss.exporters.gguf_names import ARCH, REQUIRED_KEYS, expert_name, tensor_name
+from edgeoss.formats import mxfp4
+from edgeoss.formats.checkpoint import Checkpoint
+from edgeoss.exporters.gguf import export_gguf
+from edgeoss.formats.gguf_meta import missing_keys, spec_from_metadata
+from edgeoss.formats.gguf_names import ARCH, REQUIRED_KEYS, expert_name, tensor_name
 from edgeoss.runtimes.engine import all_logits
-from edgeoss.runtimes.ggml_gguf import read_metadata
+from edgeoss.formats.ggml_gguf import read_metadata
 from edgeoss.runtimes.llamacpp import LlamaCppEngine, split_files
-from edgeoss.spec import tensor_table
+from edgeoss.formats.spec import tensor_table
 
 POSITIONS = 260  # > 256, and past every sliding window
 # A fixed sequence. These random-weight models are chaotic: wherever a value feeding a Q8_0 block lands within
@@ -140,8 +141,8 @@ def test_layer_pattern_other_than_the_default_reaches_llamacpp(tmp_path):
     """llama.cpp's default for gpt-oss is "even layers slide"; a model whose odd layers slide must say so in
     sliding_window_pattern, or positions past the window silently attend to the wrong keys."""
     from edgeoss.runtimes.reference import Emulation, ReferenceEngine
-    from edgeoss.spec import FULL, SLIDING, preset
-    from edgeoss.synth import synthesize
+    from edgeoss.formats.spec import FULL, SLIDING, preset
+    from edgeoss.formats.synth import synthesize
 
     spec = preset("tiny").replace(layer_types=(FULL, SLIDING, FULL, SLIDING))
     ckpt = synthesize(tmp_path / "flipped", spec, "hf", seed=0, progress=False)
@@ -159,7 +160,7 @@ def test_llamacpp_against_transformers(exports, preset, request):
     logit gap of these random models is ~0.3 (median), so llama.cpp's Q8_0 activations and rounded YaRN range
     flip a few near-tied top-1s: measured 96.9 % on tiny here. Exactness is the
     emulated-reference test above; top-1 on a model that has learned text is the next test."""
-    from edgeoss.oracles import transformers_logits
+    from edgeoss.validate.oracles import transformers_logits
 
     oracle = transformers_logits(request.getfixturevalue(f"{preset}_hf"), IDS)
     logits = llama_logits(exports.get(preset))
@@ -174,15 +175,15 @@ def test_llamacpp_against_transformers(exports, preset, request):
 @pytest.mark.parametrize(("preset", "layout"), [("tiny", "hf"), ("odd", "original")])
 def test_llamacpp_against_transformers_on_a_trained_model(trained, preset, layout, tmp_path):
     """Top-1 where it means what it means on a real model: the preset trained on the standard library's source
-    (edgeoss.trained), 1024 held-out positions in four windows of its 256-position training context, exported
+    (edgeoss.validate.trained), 1024 held-out positions in four windows of its 256-position training context, exported
     with the defaults (BF16 dense) from one layout; the llama.cpp-emulating reference reads the other. The
     deviation from the original is llama.cpp's own numerics: with them emulated the reference picks llama.cpp's
     token wherever its top two logits are not tied to within 0.01. Measured: top-1 99.22 % (tiny) and 99.51 %
     (odd), mean KL 6.8e-6 and 2.6e-6, emulated = llama.cpp at 100 % of positions on both."""
-    from edgeoss.oracles import TransformersOracle
-    from edgeoss.parity import Metrics, top2_gap
+    from edgeoss.validate.oracles import TransformersOracle
+    from edgeoss.validate.parity import Metrics, top2_gap
     from edgeoss.runtimes.reference import Emulation, ReferenceEngine
-    from edgeoss.trained import held_out_tokens, in_windows
+    from edgeoss.validate.trained import held_out_tokens, in_windows
 
     folders = trained(preset)
     other = "hf" if layout == "original" else "original"

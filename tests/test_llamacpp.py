@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import EdgeossError, UsageError
 from edgeoss.exporters.gguf import export_gguf
 from edgeoss.runtimes.engine import Engine, all_logits, load_engine

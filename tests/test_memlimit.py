@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeoss.cgroups import find_memory_controller
+from edgeoss.validate.cgroups import find_memory_controller
 from edgeoss.errors import UsageError
-from edgeoss.memlimit import (cgroups_available, drop_page_cache, resident_bytes, run_limited,
+from edgeoss.validate.memlimit import (cgroups_available, drop_page_cache, resident_bytes, run_limited,
                               run_profile_limited, run_python_limited)
 
 MiB = 1 << 20
@@ -166,7 +166,7 @@ def test_interrupting_edgeoss_removes_the_cgroup(signum, returncode):
     runner = subprocess.Popen(python("""
         import signal
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when pytest runs as a
-        from edgeoss.memlimit import run_limited                  # background job (which ignores SIGINT)
+        from edgeoss.validate.memlimit import run_limited                  # background job (which ignores SIGINT)
         run_limited(["sleep", "60"], 64 * 2**20)
     """), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -185,7 +185,7 @@ def test_interrupting_edgeoss_removes_the_cgroup(signum, returncode):
 def test_without_root_the_error_is_one_line():
     proc = subprocess.run(python("""
         import os
-        from edgeoss.memlimit import cgroups_available, run_limited
+        from edgeoss.validate.memlimit import cgroups_available, run_limited
         from edgeoss.errors import EdgeossError
         os.setgid(65534)
         os.setuid(65534)  # everything is imported: from here on, an ordinary user

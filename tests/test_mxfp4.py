@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeoss import mxfp4
+from edgeoss.formats import mxfp4
 
 
 @pytest.fixture

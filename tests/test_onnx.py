@@ -15,12 +15,12 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeoss import mxfp4
+from edgeoss.formats import mxfp4
 from edgeoss.exporters.onnx import export_onnx, export_info
 from edgeoss.exporters.onnx_experts import ENCODINGS, MoeShape, QuantError, int4_values, to_int4, write_moe
 from edgeoss.exporters.onnx_graph import ExternalData, Graph, value_info
 from edgeoss.runtimes.onnxrt import qmoe_precision
-from edgeoss.spec import preset
+from edgeoss.formats.spec import preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_folder_is_a_valid_genai_model(tiny_onnx):
 def test_genai_tokenizer_of_the_folder_is_o200k_harmony(tiny_onnx):
     import onnxruntime_genai as og
 
-    from edgeoss import tokenizer
+    from edgeoss.formats import tokenizer
 
     text = "<|start|>user<|message|>Hello, wörld! 1234 — naïve 日本語<|end|>"
     genai = og.Tokenizer(og.Model(str(tiny_onnx)))
@@ -216,7 +216,7 @@ def _errors(logits: np.ndarray, truth: np.ndarray) -> dict:
 
 @pytest.mark.slow
 def test_int4_export_is_more_accurate_than_the_genai_builder(tiny_hf, tmp_path):
-    from edgeoss.oracles import transformers_logits
+    from edgeoss.validate.oracles import transformers_logits
     from edgeoss.runtimes.onnxrt import OrtGenaiEngine
 
     ours = export_onnx(tiny_hf, tmp_path / "ours_int4", experts="int4", progress=False)

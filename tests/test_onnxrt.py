@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 
-from edgeoss.checkpoint import Checkpoint
+from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import UsageError
 from edgeoss.exporters.onnx import export_onnx
-from edgeoss.oracles import transformers_logits
+from edgeoss.validate.oracles import transformers_logits
 from edgeoss.runtimes.engine import Engine, all_logits, load_engine
 from edgeoss.runtimes.onnxrt import QMOE_PRECISION_ENV
-from edgeoss.spec import preset
+from edgeoss.formats.spec import preset
 
 TOLERANCE = 1e-4
 PREFILL = 16

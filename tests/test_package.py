@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeoss.bundle import MANIFEST, read_manifest, verify
-from edgeoss.package import package_android, package_windows
+from edgeoss.package.bundle import MANIFEST, read_manifest, verify
+from edgeoss.package.build import package_android, package_windows
 
 PROMPT = [200006, 1428, 200008, 13225, 2375, 200007, 200006]  # <|start|>user<|message|>Hello world<|end|><|start|>
 SHARD_LIMIT = 40_000_000  # tiny model: ~60 MB of GGUF (two 25.7 MB embedding tables), so >= 2 shards
@@ -225,9 +225,9 @@ def test_checkpoint_that_fits_one_file_is_exported_unsplit(tiny_hf, tmp_path, cl
 
 
 def test_android_bundle_verifies_and_follows_the_contract(android_bundle, cli):
-    from edgeoss.plan import read_plan
-    from edgeoss.spec import preset, sizes
-    from edgeoss.tokenizer import O200K_BASE_SHA256
+    from edgeoss.planner.plan import read_plan
+    from edgeoss.formats.spec import preset, sizes
+    from edgeoss.formats.tokenizer import O200K_BASE_SHA256
 
     proc = cli("package", "verify", android_bundle)
     assert proc.returncode == 0 and proc.stdout.startswith("ok: 6 files"), proc.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from edgeoss.exporters.gguf import export_gguf
 from edgeoss.exporters.onnx import export_onnx
-from edgeoss.profiler import profile
+from edgeoss.validate.profiler import profile
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeoss.errors import UsageError
-from edgeoss.memory import kv_cache, weight_bytes
-from edgeoss.plan import PlanRequest, fit, load_calibration, make_plan, read_plan, write_plan
-from edgeoss.predict import Calibration, Layout, predict
-from edgeoss.profiles import DeviceProfile, load_profile
-from edgeoss.runtimes.trace import write_trace
-from edgeoss.spec import kv_cache_bytes, preset, sizes
-from edgeoss.traces import parametric_trace
+from edgeoss.planner.memory import kv_cache, weight_bytes
+from edgeoss.planner.plan import PlanRequest, fit, load_calibration, make_plan, read_plan, write_plan
+from edgeoss.planner.predict import Calibration, Layout, predict
+from edgeoss.planner.profiles import DeviceProfile, load_profile
+from edgeoss.formats.routing_trace import write_trace
+from edgeoss.formats.spec import kv_cache_bytes, preset, sizes
+from edgeoss.planner.traces import parametric_trace
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -370,9 +370,9 @@ def test_trace_plans_predict_misses_on_tokens_they_did_not_see():
     """A short trace of a router without skew: replaying the trace its placement was made from flatters the
     plan (it pinned what those tokens happened to use); the prediction is cross-validated instead, and lands
     near the truth for such a router (every placement misses Lk x (1 - resident fraction))."""
-    from edgeoss.cache_sim import replay
-    from edgeoss.placement import place_experts
-    from edgeoss.plan import held_out_misses
+    from edgeoss.planner.cache_sim import replay
+    from edgeoss.planner.placement import place_experts
+    from edgeoss.planner.plan import held_out_misses
 
     spec = preset("20b")
     trace = parametric_trace(64, 24, 32, 4, zipf=0.0, seed=3)

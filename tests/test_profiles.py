@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgeoss import profiles
+from edgeoss.planner import profiles
 from edgeoss.errors import UsageError
-from edgeoss.profiles import (DeviceProfile, list_profiles, load_profile, profile_from_dict, profile_toml,
+from edgeoss.planner.profiles import (DeviceProfile, list_profiles, load_profile, profile_from_dict, profile_toml,
                               read_profile)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,16 +9,17 @@ import sys
 import numpy as np
 import pytest
 
-from edgeoss import mxfp4
+from edgeoss.formats import mxfp4
 from edgeoss.errors import UsageError
-from edgeoss.oracles import gpt_oss_logits, transformers_logits
+from edgeoss.validate.oracles import gpt_oss_logits, transformers_logits
 from edgeoss.runtimes import kernels
 from edgeoss.runtimes.engine import Engine, all_logits, load_engine
 from edgeoss.runtimes.experts import dense_experts
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
-from edgeoss.runtimes.rope import correction_range, yarn_rope
-from edgeoss.runtimes.trace import read_trace, write_trace
-from edgeoss.spec import preset
+from edgeoss.formats.spec import correction_range
+from edgeoss.runtimes.rope import yarn_rope
+from edgeoss.formats.routing_trace import read_trace, write_trace
+from edgeoss.formats.spec import preset
 
 PARITY_POSITIONS = 320  # > 300, and far past both presets' sliding windows (8 and 5)
 
@@ -115,7 +116,7 @@ def test_rope_matches_transformers(name):
     from transformers import GptOssConfig
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
 
-    from edgeoss.spec import to_hf_config
+    from edgeoss.formats.spec import to_hf_config
 
     spec = preset(name)
     theirs = GptOssRotaryEmbedding(GptOssConfig(**to_hf_config(spec)))

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from edgeoss.errors import UsageError
-from edgeoss.harmony import STOP_TOKENS, CompletionParser, render_prompt
+from edgeoss.formats.harmony import STOP_TOKENS, CompletionParser, render_prompt
 from edgeoss.runtimes.engine import all_logits
 from edgeoss.runtimes.generate import Sampler, Sampling, generate
 from edgeoss.runtimes.reference import ReferenceEngine
-from edgeoss.runtimes.trace import read_trace
-from edgeoss.tokenizer import encode, get_encoding
+from edgeoss.formats.routing_trace import read_trace
+from edgeoss.formats.tokenizer import encode, get_encoding
 
 PROMPT = "What is the capital of France?"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from edgeoss.errors import SpecError
-from edgeoss.spec import (apply_overrides, from_hf_config, from_original_config, kv_cache_bytes, preset, sizes,
+from edgeoss.formats.spec import (apply_overrides, from_hf_config, from_original_config, kv_cache_bytes, preset, sizes,
                           to_hf_config, to_original_config)
 
 

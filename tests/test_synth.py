@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from edgeoss.oracles import gpt_oss_logits, transformers_logits
-from edgeoss.spec import preset
-from edgeoss.synth import shard_plan, synthesize
+from edgeoss.validate.oracles import gpt_oss_logits, transformers_logits
+from edgeoss.formats.spec import preset
+from edgeoss.formats.synth import shard_plan, synthesize
 
 
 def _digest(folder):

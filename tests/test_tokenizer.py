@@ -1,4 +1,4 @@
-"""edgeoss.tokenizer and edgeoss.harmony against the real libraries: tiktoken, openai-harmony, tokenizers,
+"""edgeoss.formats.tokenizer and edgeoss.formats.harmony against the real libraries: tiktoken, openai-harmony, tokenizers,
 transformers (and gguf-py / llama.cpp for the GGUF vocabulary). Nothing here touches the network."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from edgeoss import harmony, tokenizer as tok
+from edgeoss.formats import harmony, tokenizer as tok
 from edgeoss.errors import TokenizerError, UsageError
 
 TIKTOKEN_CACHE_KEY = "fb374d419588a4632f3f557e76b4b70aebbca790"  # sha1 of tiktoken's o200k_base.tiktoken URL
@@ -220,7 +220,7 @@ def test_fresh_cache_works_with_the_network_blocked(tmp_path):
            "TIKTOKEN_RS_CACHE_DIR": str(tmp_path / "rs"), "HTTPS_PROXY": dead, "HTTP_PROXY": dead,
            "https_proxy": dead, "http_proxy": dead}
     env.pop("TIKTOKEN_ENCODINGS_BASE", None)
-    code = ("from edgeoss import harmony, tokenizer as t; "
+    code = ("from edgeoss.formats import harmony, tokenizer as t; "
             "ids = harmony.render_prompt([('user', 'What is 2+2?')], reasoning='high', date='2025-08-05', "
             "developer='Answer tersely.'); print(len(ids), t.encode('Hello, world!'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeoss import mxfp4
-from edgeoss.checkpoint import Checkpoint, open_checked
-from edgeoss.spec import preset, tensor_table
+from edgeoss.formats import mxfp4
+from edgeoss.formats.checkpoint import Checkpoint, open_checked
+from edgeoss.formats.spec import preset, tensor_table
 
 
 def test_transformers_state_maps_back_to_the_stored_tensors(tiny_hf):
     """Loaded by transformers and mapped back, every dense tensor keeps its bf16 bits and every expert its
     values (MXFP4 re-quantized by the OCP rule from exactly representable values)."""
-    from edgeoss.oracles import TransformersOracle
-    from edgeoss.trained import _canonical_values
+    from edgeoss.validate.oracles import TransformersOracle
+    from edgeoss.validate.trained import _canonical_values
 
     oracle = TransformersOracle(tiny_hf)
     state = {k: v.detach().float().numpy() for k, v in oracle.model.state_dict().items()}
@@ -34,7 +34,7 @@ def test_transformers_state_maps_back_to_the_stored_tensors(tiny_hf):
 
 
 def test_a_short_training_run_writes_both_layouts(tmp_path):
-    from edgeoss.trained import held_out_tokens, write_trained
+    from edgeoss.validate.trained import held_out_tokens, write_trained
 
     losses: list[str] = []
     paths = write_trained(tmp_path / "t", preset("tiny"), ("hf", "original"), steps=4, log=losses.append)

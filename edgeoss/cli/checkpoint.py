@@ -23,8 +23,8 @@ def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tup
     """Write a synthetic checkpoint folder exactly in a published layout."""
     import time
 
-    from ..spec import apply_overrides, preset, sizes
-    from ..synth import synthesize
+    from ..formats.spec import apply_overrides, preset, sizes
+    from ..formats.synth import synthesize
     from ..units import human
 
     spec = apply_overrides(preset(preset_name), list(settings))
@@ -43,8 +43,8 @@ def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tup
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def inspect(checkpoint: Path | None, preset_name: str | None, as_json: bool) -> None:
     """Layout, spec, parameter counts, bytes per component, KV cache per token, validation."""
-    from ..inspect import checkpoint_report, spec_report
-    from ..spec import preset
+    from ..formats.inspect import checkpoint_report, spec_report
+    from ..formats.spec import preset
 
     if (checkpoint is None) == (preset_name is None):
         raise click.UsageError("give a CHECKPOINT folder or --preset NAME")
@@ -94,7 +94,7 @@ def _print_inspect(r: dict) -> None:
 @click.option("--force", is_flag=True, help="replace OUT_DIR if it exists")
 def convert(src: Path, out_dir: Path, layout: str, force: bool) -> None:
     """Re-lay a checkpoint into the other published layout (bit-exact, streaming)."""
-    from ..convert import convert as run
+    from ..formats.convert import convert as run
 
     run(src, out_dir, layout, force=force)
     err.print(f"wrote {out_dir} ({layout} layout)")

@@ -29,7 +29,7 @@ def export() -> None:
 def gguf(checkpoint: Path, out: Path, dense_type: str, plan_path: Path | None, split_max_size: str | None,
          name: str | None) -> None:
     """Write CHECKPOINT as a GGUF file llama.cpp runs (architecture gpt-oss, MXFP4 experts kept bit-exact)."""
-    from ..checkpoint import open_checked
+    from ..formats.checkpoint import open_checked
     from ..exporters.gguf import export_gguf, read_plan_expert_order
     from ..units import human, parse_size
 

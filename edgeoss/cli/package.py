@@ -50,7 +50,7 @@ def android(source: Path, device: str, out_dir: Path, context: int | None, max_f
     a file exceeds the device's limit). The bundle holds GGUF shards within the device's file-size limit,
     plan.json, the engine settings, the tokenizer, the chat template, README.md (adb push and run steps) and
     manifest.json."""
-    from ..package import DEFAULT_CONTEXT, package_android
+    from ..package.build import DEFAULT_CONTEXT, package_android
     from ..units import parse_size
 
     limit = parse_size(max_file_size) if max_file_size is not None else None
@@ -77,7 +77,7 @@ def windows(source: Path, out_dir: Path, experts: str | None, context: int | Non
 
     SOURCE is a checkpoint folder (exported straight into the bundle) or an `edgeoss export onnx` folder
     (hard-linked)."""
-    from ..package import package_windows
+    from ..package.build import package_windows
 
     _summary(package_windows(source, out_dir, experts=experts, context=context, device=device,
                              make_zip=make_zip, force=force))
@@ -90,7 +90,7 @@ def verify(bundle: Path) -> None:
 
     Sizes and sha256 of every file, nothing missing or extra, no symlink, no path leaving the bundle. Prints
     one line per problem and exits 2, or one "ok" line."""
-    from ..bundle import verify as verify_bundle
+    from ..package.bundle import verify as verify_bundle
 
     result = verify_bundle(bundle)
     for problem in result.problems:

@@ -33,8 +33,8 @@ def plan() -> None:
 
 
 def _spec_and_source(checkpoint: Path | None, preset_name: str | None):
-    from ..checkpoint import Checkpoint
-    from ..spec import preset
+    from ..formats.checkpoint import Checkpoint
+    from ..formats.spec import preset
 
     if (checkpoint is None) == (preset_name is None):
         raise click.UsageError("give a CHECKPOINT folder or --preset NAME (20b, 120b, tiny, odd)")
@@ -63,9 +63,9 @@ def _spec_and_source(checkpoint: Path | None, preset_name: str | None):
 def make(checkpoint, preset_name, device, context, trace_path, dense_type, kv_type, engine, calibration_path,
          prompt_tokens, output, as_json) -> None:
     """Memory breakdown, expert placement, predicted speed and engine settings (the default command)."""
-    from ..plan import PlanRequest, load_calibration, make_plan, write_plan
-    from ..profiles import load_profile
-    from ..runtimes.trace import read_trace
+    from ..planner.plan import PlanRequest, load_calibration, make_plan, write_plan
+    from ..planner.profiles import load_profile
+    from ..formats.routing_trace import read_trace
 
     spec, source = _spec_and_source(checkpoint, preset_name)
     request = PlanRequest(
@@ -148,9 +148,9 @@ def _print_plan(p: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def evaluate(plan_path: Path, trace_path: Path, plot: Path | None, as_json: bool) -> None:
     """Misses/token and flash bytes/token of the plan vs LRU, LFU and Belady at the same slot count."""
-    from ..plan import evaluate as run
-    from ..plan import plot_curve, read_plan
-    from ..runtimes.trace import read_trace
+    from ..planner.plan import evaluate as run
+    from ..planner.plan import plot_curve, read_plan
+    from ..formats.routing_trace import read_trace
     from ..units import human
 
     plan_dict = read_plan(plan_path)
@@ -187,8 +187,8 @@ def evaluate(plan_path: Path, trace_path: Path, plot: Path | None, as_json: bool
 @click.option("--sample", type=int, default=0, show_default=True, help="the token stream")
 def trace(checkpoint, preset_name, output, tokens, zipf, reuse, seed, sample) -> None:
     """Write a parametric router trace (npz, the reference runtime's trace format)."""
-    from ..runtimes.trace import write_trace
-    from ..traces import parametric_trace
+    from ..formats.routing_trace import write_trace
+    from ..planner.traces import parametric_trace
 
     spec, _ = _spec_and_source(checkpoint, preset_name)
     write_trace(output, parametric_trace(tokens, spec.num_hidden_layers, spec.num_local_experts,

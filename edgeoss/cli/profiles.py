@@ -19,7 +19,7 @@ def profiles() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_cmd(as_json: bool) -> None:
     """The shipped profiles, one line each."""
-    from ..profiles import list_profiles, load_profile
+    from ..planner.profiles import list_profiles, load_profile
     from ..units import human
 
     loaded = [load_profile(name) for name in list_profiles()]
@@ -41,7 +41,7 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def show(name: str, as_json: bool) -> None:
     """One profile (a shipped NAME or a path to a .toml file)."""
-    from ..profiles import load_profile
+    from ..planner.profiles import load_profile
     from ..units import human
 
     p = load_profile(name)
@@ -66,8 +66,8 @@ def show(name: str, as_json: bool) -> None:
 def measure(output: Path, name: str, folder: Path, disk_mib: int, quick: bool) -> None:
     """Measure this machine (RAM, memory and disk bandwidth, MXFP4 kernel speed) and write a profile."""
     from ..atomic import atomic_file
-    from ..device_measure import measure as run
-    from ..profiles import profile_toml, read_profile
+    from ..validate.device_measure import measure as run
+    from ..planner.profiles import profile_toml, read_profile
 
     measured = run(name, folder, disk_mib << 20, quick=quick)
     header = f"{measured.profile.description}.\nWritten by `edgeoss profiles measure`; GPU not measured (add gpu_* keys)."

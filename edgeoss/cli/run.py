@@ -63,10 +63,10 @@ def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new
     if memory_limit:
         _run_limited(memory_limit)
         return
-    from ..harmony import STOP_TOKENS, CompletionParser, render_prompt
+    from ..formats.harmony import STOP_TOKENS, CompletionParser, render_prompt
     from ..runtimes.engine import load_engine
     from ..runtimes.generate import Sampling, generate
-    from ..tokenizer import get_encoding
+    from ..formats.tokenizer import get_encoding
 
     options = _engine_options(engine, budget, plan, trace_path is not None, emulate)
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
@@ -81,7 +81,7 @@ def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new
         stream.finish()
         _print_summary(result, stream.parser, model.stats())
         if trace_path is not None:
-            from ..runtimes.trace import write_trace
+            from ..formats.routing_trace import write_trace
 
             trace = model.routing_trace()
             trace.meta.update(prompt_tokens=len(ids), sampling=vars(sampling))
@@ -123,7 +123,7 @@ class _Stream:
 
 
 def _print_summary(result, parser, stats: dict) -> None:
-    from ..tokenizer import SPECIAL
+    from ..formats.tokenizer import SPECIAL
     from ..units import human
 
     names = SPECIAL.names()
@@ -166,7 +166,7 @@ def _run_limited(limit: str) -> None:
     """This same command, without --memory-limit, in a child process inside a memory cgroup of that size."""
     import sys
 
-    from ..memlimit import run_limited
+    from ..validate.memlimit import run_limited
     from ..units import human, parse_size
 
     argv, skip = [], False
@@ -203,7 +203,7 @@ def logits(artifact: Path, engine: str, token_list: str | None, text: str | None
 
     from ..atomic import atomic_file
     from ..runtimes.engine import all_logits, load_engine
-    from ..tokenizer import encode
+    from ..formats.tokenizer import encode
 
     if (token_list is None) == (text is None):
         raise UsageError("give exactly one of --tokens or --text")

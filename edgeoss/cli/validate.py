@@ -15,7 +15,7 @@ from ._common import err, out, print_json
 
 # ---- parity -------------------------------------------------------------------------------------------
 def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
-    from ..parity import Artifact, gguf_artifact
+    from ..validate.parity import Artifact, gguf_artifact
 
     arts = [gguf_artifact(p) for p in ggufs]
     for p in onnxs:
@@ -31,8 +31,8 @@ def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
 
 def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None]:
     """(HF folder for transformers, original/ folder for the gpt_oss witness or None)."""
-    from ..checkpoint import Checkpoint
-    from ..convert import convert
+    from ..formats.checkpoint import Checkpoint
+    from ..formats.convert import convert
 
     with Checkpoint.open(checkpoint) as ckpt:
         layout, folder, nbytes = ckpt.layout, ckpt.folder, ckpt.nbytes
@@ -58,15 +58,15 @@ def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None]:
 def parity(checkpoint: Path, ggufs, onnxs, positions: int, text: Path | None, greedy_tokens: int, seed: int,
            as_json: bool, report: Path | None) -> None:
     """Compare the original model, the reference runtime and every artifact on the same tokens."""
-    from .. import parity as run
-    from ..profiler import random_prompt
-    from ..spec import from_config, load_config
+    from ..validate import parity as run
+    from ..validate.profiler import random_prompt
+    from ..formats.spec import from_config, load_config
 
     with tempfile.TemporaryDirectory(prefix="edgeoss-parity-") as tmp:
         hf, witness = _layouts(checkpoint, Path(tmp))
         spec = from_config(load_config(hf / "config.json"))
         if text:
-            from ..tokenizer import encode
+            from ..formats.tokenizer import encode
 
             tokens = np.array(encode(text.read_text()), dtype=np.int64)
         else:
@@ -155,7 +155,7 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
     settings inside a memory cgroup as large as the device's app budget (page cache charged)."""
     from .. import plots
     from ..errors import UsageError
-    from ..profiler import profile as measure
+    from ..validate.profiler import profile as measure
     from ..units import parse_size
 
     if sweep:
@@ -164,7 +164,7 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
         budgets = [parse_size(b) for b in sweep.split(",")]
         results = [measure(engine, artifact, prompt_tokens, gen_tokens, runs, {"memory_budget": b}).as_dict()
                    for b in budgets]
-        from ..spec import from_config, load_config, sizes
+        from ..formats.spec import from_config, load_config, sizes
 
         per_expert = sizes(from_config(load_config(artifact / "config.json"))).bytes_per_expert
         rows = [{"budget_bytes": b, "decode_tok_s": r["decode_tok_s"]["median"],
@@ -192,12 +192,12 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
     options = {"memory_budget": parse_size(memory_budget)} if memory_budget else {}
     plan = None
     if plan_path:
-        from ..plan import read_plan
+        from ..planner.plan import read_plan
 
         plan = read_plan(plan_path)
         options.update(_plan_options(engine, plan, plan_path))
     if device and plan_path and not memory_limit:  # "does this plan fit this device": run inside its budget
-        from ..profiles import load_profile
+        from ..planner.profiles import load_profile
 
         memory_limit = str(load_profile(device).app_budget_bytes)
     if memory_limit:
@@ -242,7 +242,7 @@ def _plan_options(engine: str, plan: dict, path: Path) -> dict:
 def _profile_limited(engine: str, artifact: Path, limit: int, options: dict, prompt_tokens: int, gen_tokens: int,
                      runs: int, as_json: bool, plan: dict | None = None, output: Path | None = None) -> None:
     """The profile in a child process inside a memory cgroup: the check that a plan really fits."""
-    from ..memlimit import run_profile_limited
+    from ..validate.memlimit import run_profile_limited
     from ..units import human
 
     run = run_profile_limited(engine, artifact, limit, options=options, prompt_tokens=prompt_tokens,

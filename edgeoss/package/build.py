@@ -8,7 +8,7 @@
   tokenizer files), exported straight into the bundle from a checkpoint or hard-linked from an ONNX folder;
   optionally also zipped.
 
-Every bundle appears whole or not at all (edgeoss.atomic) and ends with manifest.json (edgeoss.bundle), written
+Every bundle appears whole or not at all (edgeoss.atomic) and ends with manifest.json (edgeoss.package.bundle), written
 last, once every file is in place: each file is hashed exactly once.
 """
 
@@ -23,15 +23,16 @@ from typing import Any, Callable
 
 import gguf
 
-from edgeoss import bundle, tokenizer
+from edgeoss.package import bundle
+from edgeoss.formats import tokenizer
 from edgeoss.atomic import atomic_dir
-from edgeoss.bundle import BundleError, link_or_copy
+from edgeoss.package.bundle import BundleError, link_or_copy
 from edgeoss.errors import UsageError
-from edgeoss.plan import write_plan
-from edgeoss.profiles import DeviceProfile, load_profile
-from edgeoss.runtimes.ggml_gguf import GGUFMetadata
+from edgeoss.planner.plan import write_plan
+from edgeoss.planner.profiles import DeviceProfile, load_profile
+from edgeoss.formats.ggml_gguf import GGUFMetadata
 from edgeoss.progress import byte_progress
-from edgeoss.spec import ModelSpec, kv_cache_bytes, sizes
+from edgeoss.formats.spec import ModelSpec, kv_cache_bytes, sizes
 from edgeoss.units import human
 
 ANDROID_DIRS = ("/data/local/tmp/edgeoss-bundle", "/sdcard/Android/data/org.edgeoss.demo/files/edgeoss-bundle")
@@ -105,7 +106,7 @@ def _finish(folder: Path, report: PackageReport, fields: dict[str, Any], readme:
 def gguf_metadata(path: Path) -> GGUFMetadata:
     """A GGUF's keys and tensor types read with ggml's own parser (milliseconds; gguf-py's GGUFReader spends
     10-20 s and ~700 MB parsing the vocabulary into Python objects)."""
-    from edgeoss.runtimes.ggml_gguf import read_metadata
+    from edgeoss.formats.ggml_gguf import read_metadata
 
     try:
         return read_metadata(path)
@@ -131,18 +132,6 @@ def gguf_files(first: Path) -> tuple[list[Path], GGUFMetadata]:
     if missing:
         raise UsageError(f"{first}: split GGUF is missing {', '.join(missing)}")
     return shards, meta
-
-
-def gguf_dense_type(meta: GGUFMetadata, where: Path) -> str:
-    """The --dense-type a GGUF was exported with: the storage of its token embedding."""
-    from edgeoss.exporters.gguf_names import DENSE_TYPES
-
-    names = {int(ggml): name for name, ggml in DENSE_TYPES.items()}
-    stored = meta.tensor_types.get("token_embd.weight")
-    if stored not in names:
-        raise UsageError(f"{where}: token_embd.weight is missing from the first file or of a type edgeoss does "
-                         "not plan for")
-    return names[stored]
 
 
 class _Pread:
@@ -200,7 +189,7 @@ def resplit_gguf(readers: list[gguf.GGUFReader], out: Path, max_file_size: int, 
 def _gguf_header_bytes(spec: ModelSpec, scratch: Path) -> int:
     """Bytes of metadata the exporter puts before the tensors (tokenizer included), measured by writing it."""
     from edgeoss.exporters.gguf import add_metadata
-    from edgeoss.exporters.gguf_names import ARCH
+    from edgeoss.formats.gguf_names import ARCH
 
     writer = gguf.GGUFWriter(scratch, ARCH)
     add_metadata(writer, spec, spec.name)
@@ -223,7 +212,7 @@ def _split_size(max_file_size: int, header: int) -> int:
 
 def _export_split_size(spec: ModelSpec, dense_type: str, max_file_size: int, scratch: Path) -> int | None:
     """The exporter's split size for a file limit, or None when the whole model fits in one file."""
-    from edgeoss.memory import weight_bytes
+    from edgeoss.planner.memory import weight_bytes
 
     header = _gguf_header_bytes(spec, scratch)
     weights = weight_bytes(spec, dense_type, "llamacpp")
@@ -244,7 +233,7 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
     """Put the model into the bundle as GGUF files of at most `max_file_size` bytes (None: one file); a checkpoint
     is exported with `dense_type`, a GGUF keeps its own. Returns (spec, files in order, dense type)."""
     if source.is_dir():
-        from edgeoss.checkpoint import Checkpoint
+        from edgeoss.formats.checkpoint import Checkpoint
         from edgeoss.exporters.gguf import export_gguf
 
         with Checkpoint.open(source) as ckpt:
@@ -254,7 +243,7 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
             files = export_gguf(ckpt, folder / MODEL_GGUF, dense_type=dense_type, split_max_size=split,
                                 progress=progress)
     else:
-        from edgeoss.exporters.gguf import spec_from_metadata
+        from edgeoss.formats.gguf_meta import gguf_dense_type, spec_from_metadata
 
         shards, meta = gguf_files(source)
         spec, dense_type = spec_from_metadata(meta), gguf_dense_type(meta, source)
@@ -276,7 +265,7 @@ def android_plan(spec: ModelSpec, device: DeviceProfile, context: int, dense_typ
         -> tuple[dict, dict]:
     """(plan.json content, llama.cpp settings) for the device: the planner's fit for llama.cpp, and the settings
     that realize it (given even when the plan does not fit, so that the bundle still says how to run)."""
-    from edgeoss.plan import PlanRequest, llamacpp_settings, make_plan
+    from edgeoss.planner.plan import PlanRequest, llamacpp_settings, make_plan
 
     request = PlanRequest(spec, device, context, model_source=source_name, engine="llamacpp",
                           dense_type=dense_type)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cache_sim import replay
-from .runtimes.trace import Trace
+from ..formats.routing_trace import Trace
 from .traces import popularity
 
 

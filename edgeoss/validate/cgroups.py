@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeossError
+from ..errors import EdgeossError
 
 _names = itertools.count()
 

@@ -27,11 +27,11 @@ from typing import Iterator
 
 import numpy as np
 
-from . import mxfp4
-from .layouts import HF, stored_name
-from .safetensors_io import f32_to_bf16
-from .spec import ModelSpec, TensorInfo, tensor_table
-from .synth import synthesize, write_checkpoint
+from ..formats import mxfp4
+from ..formats.layouts import HF, stored_name
+from ..formats.safetensors_io import f32_to_bf16
+from ..formats.spec import ModelSpec, TensorInfo, tensor_table
+from ..formats.synth import synthesize, write_checkpoint
 
 SEQ_LEN = 256  # the context the model learns: evaluate it on windows of at most this many positions
 BATCH = 8
@@ -52,7 +52,7 @@ def _corpus_files() -> list[Path]:
 @lru_cache(maxsize=1)
 def corpus_tokens() -> tuple[np.ndarray, np.ndarray]:
     """o200k_harmony ids of the training text and of the held-out text (disjoint files)."""
-    from .tokenizer import encode
+    from ..formats.tokenizer import encode
 
     parts: dict[bool, list[str]] = {False: [], True: []}
     budget = {False: CORPUS_BYTES, True: CORPUS_BYTES // 10}
@@ -182,7 +182,7 @@ def _cache_key(spec: ModelSpec, steps: int, seed: int) -> str:
     import torch
     import transformers
 
-    from . import synth
+    from ..formats import synth
 
     h = hashlib.sha256()
     for part in (Path(__file__).read_bytes(), Path(synth.__file__).read_bytes(), repr(spec).encode(),
@@ -194,9 +194,9 @@ def _cache_key(spec: ModelSpec, steps: int, seed: int) -> str:
 
 def trained_checkpoint(spec: ModelSpec, steps: int = STEPS, seed: int = 0, log=None) -> dict[str, Path]:
     """Both layouts of a trained checkpoint, trained once per machine and kept in the edgeoss cache."""
-    from .atomic import atomic_dir
-    from .layouts import ORIGINAL
-    from .tokenizer import cache_dir
+    from ..atomic import atomic_dir
+    from ..formats.layouts import ORIGINAL
+    from ..formats.tokenizer import cache_dir
 
     folder = cache_dir() / "trained" / f"{spec.name}-{_cache_key(spec, steps, seed)}"
     if not folder.is_dir():

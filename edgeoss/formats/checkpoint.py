@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mxfp4
-from .errors import CheckpointError, EdgeossError
+from ..errors import CheckpointError, EdgeossError
 from .layouts import HF, ORIGINAL, stored_name, stored_table
 from .safetensors_io import Entry, SafetensorsFile, bf16_to_f32
 from .spec import BF16, ModelSpec, TensorInfo, from_config, is_original_config, load_config, tensor_table

@@ -1,7 +1,7 @@
 """Run a command, or a Python function, inside a memory budget that charges page cache too, and measure it.
 
 On a phone the app's budget covers its anonymous memory and the page cache of the files it maps; past it the
-app re-reads weights from flash or is killed. Here a fresh child memory cgroup (`edgeoss.cgroups`) plays that
+app re-reads weights from flash or is killed. Here a fresh child memory cgroup (`edgeoss.validate.cgroups`) plays that
 budget: the child process joins it before it runs a single instruction of the command, so every page it
 allocates or faults in from a file counts. Going over the limit is a result, not an error: the kernel first
 reclaims page cache (the run slows down and re-reads), and when only unreclaimable memory is left its OOM
@@ -59,8 +59,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .cgroups import MemoryCgroup, cgroups_available
-from .errors import UsageError
-from .units import parse_size
+from ..errors import UsageError
+from ..units import parse_size
 
 __all__ = ["LimitedRun", "run_limited", "run_python_limited", "run_profile_limited", "drop_page_cache",
            "resident_bytes", "cgroups_available"]
@@ -366,7 +366,7 @@ def run_python_limited(func_path: str, kwargs_json: str | Mapping[str, Any] = "{
 
 
 def profile_as_dict(**kwargs: Any) -> dict[str, Any]:
-    """`edgeoss.profiler.profile(**kwargs)` as a dict: what run_profile_limited calls in the limited child."""
+    """`edgeoss.validate.profiler.profile(**kwargs)` as a dict: what run_profile_limited calls in the limited child."""
     from .profiler import profile
 
     return profile(**kwargs).as_dict()
@@ -378,8 +378,8 @@ def run_profile_limited(engine: str, artifact: str | Path, limit_bytes: int | st
     """Profile an engine on an artifact inside the limit; `.result` is the ProfileResult as a dict (or None).
 
     cold: evict the artifact from the page cache first, so the run pays for (and is charged) every read.
-    profile_kwargs: prompt_tokens, gen_tokens, runs, warmup (see edgeoss.profiler.profile).
+    profile_kwargs: prompt_tokens, gen_tokens, runs, warmup (see edgeoss.validate.profiler.profile).
     """
     kwargs = {"engine_name": engine, "artifact": str(artifact), "options": dict(options or {}), **profile_kwargs}
-    return run_python_limited("edgeoss.memlimit:profile_as_dict", kwargs, limit_bytes, timeout=timeout,
+    return run_python_limited("edgeoss.validate.memlimit:profile_as_dict", kwargs, limit_bytes, timeout=timeout,
                               cold=[artifact] if cold else ())

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .errors import UsageError
-from .runtimes.trace import Trace
+from ..errors import UsageError
+from ..formats.routing_trace import Trace
 
 POLICIES = ("plan", "lru", "lfu", "belady", "none")
 

@@ -25,17 +25,17 @@ is calibrated on the one anchor with a known byte count: llama.cpp decoding gpt-
 layers), i.e. ~67 of 120 GB/s. Flash efficiency 0.8: PowerInfer-2 read 3.5 of 4 GB/s with 512 KB random
 reads on UFS 4.0 (anchors §1). `cpu_gflops` in a profile is already a sustained figure (efficiency 1.0).
 `edgeoss plan --calibrate FILE` replaces them: FILE holds the efficiencies themselves, or is the JSON of
-`edgeoss profile` run with the same engine on the device (see edgeoss.plan.calibration_from_profile).
+`edgeoss profile` run with the same engine on the device (see edgeoss.planner.plan.calibration_from_profile).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .errors import UsageError
+from ..errors import UsageError
 from .memory import KvCache, WeightBytes
 from .profiles import DeviceProfile
-from .spec import ModelSpec, sizes
+from ..formats.spec import ModelSpec, sizes
 
 RANDOM_READ_BYTES = 4096
 READS_PER_EXPERT = 6  # gate_up and down: blocks, scales, bias, each a contiguous range of the expert

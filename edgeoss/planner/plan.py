@@ -37,7 +37,7 @@ none removed or renamed without a new version):
                     trace path)
     prediction      decode_tok_s, decode_s_per_token, ttft_s, prompt_tokens, load_s, misses_per_token,
                     miss_bytes_per_token, hit_rate, ram_bytes_per_token, gpu_bytes_per_token,
-                    memory_s_per_token, compute_s_per_token, flash_s_per_token (see edgeoss/predict.py),
+                    memory_s_per_token, compute_s_per_token, flash_s_per_token (see edgeoss/planner/predict.py),
                     calibration {memory_efficiency, flash_efficiency, compute_efficiency}
     engines         llamacpp {n_ctx, n_gpu_layers, n_cpu_moe, use_mmap, use_mlock, flash_attn, swa_full,
                     n_ubatch, n_threads, type_k, type_v, override_tensors ["regex=CPU"], flags [command-line
@@ -63,20 +63,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_file
+from ..atomic import atomic_file
 from .cache_sim import compare, replay
-from .errors import UsageError
+from ..errors import UsageError
 from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, engine_kv_type, engine_traits, kv_cache,
                      overhead_bytes, resident_dense_bytes, scratch_bytes, weight_bytes)
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
 from .predict import (READS_PER_EXPERT, Calibration, Layout, Prediction, predict, read_latency_s,
                       uniform_misses_per_token)
 from .profiles import DeviceProfile
-from .runtimes.trace import Trace
-from .spec import ModelSpec
+from ..formats.routing_trace import Trace
+from ..formats.spec import ModelSpec
 from .traces import split_trace
-from .units import human
-from .jsonfile import read_json
+from ..units import human
+from ..jsonfile import read_json
 
 FORMAT, VERSION = "edgeoss-plan", 1
 MIB = 1 << 20

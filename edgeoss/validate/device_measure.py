@@ -27,8 +27,8 @@ import numpy as np
 import psutil
 from numba import prange
 
-from .errors import UsageError
-from .profiles import DeviceProfile
+from ..errors import UsageError
+from ..planner.profiles import DeviceProfile
 
 MIB = 1 << 20
 FAT_LIMIT = (1 << 32) - 1

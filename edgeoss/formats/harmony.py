@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .errors import TokenizerError, UsageError
+from ..errors import TokenizerError, UsageError
 from .tokenizer import SPECIAL, VOCAB_FILENAME, vocab_dir
 
 REASONING_EFFORTS = ("low", "medium", "high")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 EXACT = 1e-4  # fp32 implementations of the same math agree to ~1e-5 here
 # An engine is explained by the emulation of its known numerics when its typical (median per-position)
@@ -106,8 +106,8 @@ class Artifact:
 
 def gguf_artifact(path: Path) -> Artifact:
     """A GGUF checked in llama.cpp, explained by the reference runtime emulating llama.cpp's numerics."""
-    from .package import gguf_dense_type
-    from .runtimes.ggml_gguf import read_metadata
+    from ..formats.gguf_meta import gguf_dense_type
+    from ..formats.ggml_gguf import read_metadata
 
     dense = gguf_dense_type(read_metadata(path), path)
     emulation = {"ggml_yarn_rounding": True, "q8_activations": True, "bf16_activations": dense == "bf16"}
@@ -127,12 +127,12 @@ def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> st
 def emulation(switches: dict[str, Any]):
     """The reference runtime's Emulation for an artifact's known numerics. "int4_experts" re-quantizes every
     expert exactly as the ONNX int4 export stores it (the exporter's own encoder, applied as the expert loads)."""
-    from .runtimes.reference import Emulation
+    from ..runtimes.reference import Emulation
 
     if not switches.get("int4_experts"):
         return Emulation(**switches)
-    from .exporters.onnx_experts import int4_values
-    from .runtimes.experts import DenseMatrix, Expert
+    from ..exporters.onnx_experts import int4_values
+    from ..runtimes.experts import DenseMatrix, Expert
 
     def requantized(e: Expert) -> Expert:
         as_int4 = lambda m: DenseMatrix(int4_values(m.blocks, m.scales))  # noqa: E731
@@ -143,7 +143,7 @@ def emulation(switches: dict[str, Any]):
 
 def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, prompt: int, greedy: int,
                               options: dict) -> tuple[np.ndarray, list[int]]:
-    from .runtimes.engine import all_logits, load_engine
+    from ..runtimes.engine import all_logits, load_engine
 
     engine = load_engine(engine_name, path, n_ctx=len(tokens) + greedy, **options) \
         if engine_name == "llamacpp" else load_engine(engine_name, path, **options)

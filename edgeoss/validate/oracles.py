@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeossError
+from ..errors import EdgeossError
 
 
 class OracleUnavailable(EdgeossError):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
-from .jsonfile import read_json
+from ..errors import SpecError
+from ..jsonfile import read_json
 
 MXFP4_BLOCK = 32  # elements per MXFP4 block (one E8M0 scale byte each)
 MXFP4_BLOCK_BYTES = MXFP4_BLOCK // 2  # packed 4-bit codes per block
@@ -461,3 +461,16 @@ def kv_cache_bytes(spec: ModelSpec, context: int, kv_dtype_bytes: int = 2) -> di
     full = len(spec.full_layers) * per * context
     sliding = len(spec.sliding_layers) * per * min(context, spec.sliding_window)
     return {"full": full, "sliding": sliding, "total": full + sliding}
+
+
+def correction_range(spec: ModelSpec, truncate: bool) -> tuple[float, float]:
+    """The YaRN ramp's [low, high] in rotary pair indices (floored / ceiled when truncating)."""
+    dim = spec.head_dim
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(spec.rope_original_context / (rotations * 2 * math.pi)) / (2 * math.log(spec.rope_theta))
+
+    low, high = correction_dim(spec.rope_beta_fast), correction_dim(spec.rope_beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dim - 1)

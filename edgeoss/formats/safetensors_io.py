@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 NUMPY_DTYPES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "U8": np.uint8, "I8": np.int8,
                 "I32": np.int32, "I64": np.int64, "U16": np.uint16}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from .spec import ModelSpec
+from ..formats.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,10 @@ def project(spec: ModelSpec, device_name: str, engine_name: str, stats: dict, fl
     and the experts it found resident), the bytes it read from storage and the FLOPs, through the device's
     memory bandwidth, flash and compute with the planner's efficiency factors; next to the planner's own
     prediction for the same model, device, engine and context."""
-    from .plan import PlanRequest, make_plan
-    from .predict import Calibration, _tier_s, dense_params_per_token, flash_read_s
-    from .profiles import load_profile
-    from .spec import sizes
+    from ..planner.plan import PlanRequest, make_plan
+    from ..planner.predict import Calibration, _tier_s, dense_params_per_token, flash_read_s
+    from ..planner.profiles import load_profile
+    from ..formats.spec import sizes
 
     device, cal, s = load_profile(device_name), Calibration(), sizes(spec)
     experts = stats.get("experts") or {}
@@ -140,7 +140,7 @@ def project(spec: ModelSpec, device_name: str, engine_name: str, stats: dict, fl
 
 def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
             options: dict[str, Any] | None = None, warmup: bool = True, device: str | None = None) -> ProfileResult:
-    from .runtimes.engine import load_engine
+    from ..runtimes.engine import load_engine
 
     options = dict(options or {})
     if engine_name == "llamacpp":

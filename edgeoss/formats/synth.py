@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import mxfp4
-from .atomic import atomic_dir
+from ..atomic import atomic_dir
 from .layouts import HF, ORIGINAL, stored_name, stored_table
-from .progress import byte_progress
+from ..progress import byte_progress
 from .safetensors_io import Planned, StreamingWriter, data_order, f32_to_bf16
 from .spec import ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original_config
 

@@ -19,10 +19,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
-from .units import human, parse_size
+from ..errors import UsageError
+from ..units import human, parse_size
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # edgeoss/ (installed: device_profiles/ inside it)
 PROFILE_DIRS = (PACKAGE_DIR / "device_profiles", PACKAGE_DIR.parent / "profiles")
 
 PLATFORMS = ("android", "windows", "macos", "linux")

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
-from .runtimes.trace import FORMAT, VERSION, Trace
+from ..errors import UsageError
+from ..formats.routing_trace import FORMAT, VERSION, Trace
 
 
 def popularity(trace: Trace) -> np.ndarray:

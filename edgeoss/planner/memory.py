@@ -44,8 +44,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError
-from .spec import ModelSpec, tensor_table
+from ..errors import UsageError
+from ..formats.spec import ModelSpec, tensor_table
 
 MIB = 1 << 20
 

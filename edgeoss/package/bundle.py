@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from .atomic import atomic_file
-from .errors import EdgeossError
-from .progress import byte_progress
+from ..atomic import atomic_file
+from ..errors import EdgeossError
+from ..progress import byte_progress
 
 MANIFEST = "manifest.json"
 FORMAT = "edgeoss-bundle"

@@ -7,7 +7,7 @@
 - GGUF: `gguf_vocab()` gives the token strings, token types and merges llama.cpp reads (`tokenizer.ggml.*`).
 
 The BPE merges that the last two need are derived from the ranks once (~2 s) and cached on disk in
-`cache_dir()`, keyed by the vocabulary's sha256. The harmony chat format lives in `edgeoss.harmony`.
+`cache_dir()`, keyed by the vocabulary's sha256. The harmony chat format lives in `edgeoss.formats.harmony`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from unittest import mock
 
 import numpy as np
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -1,0 +1,78 @@
+"""What a gpt-oss GGUF's metadata says, read back: the model spec, the dense type, the keys it lacks.
+
+The inverse of the exporter's `add_metadata`, as llama.cpp reads the same keys (engines, packaging and parity
+read GGUFs through here; `ggml_gguf.read_metadata` parses the file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import gguf
+
+from edgeoss.errors import SpecError, UsageError
+from edgeoss.formats.ggml_gguf import GGUFMetadata
+from edgeoss.formats.gguf_names import ARCH, DENSE_TYPES, REQUIRED_KEYS
+from edgeoss.formats.spec import FULL, SLIDING, ModelSpec, default_layer_types
+
+
+def missing_keys(keys: Iterable[str]) -> list[str]:
+    present = set(keys)
+    return [k for k in REQUIRED_KEYS if k not in present]
+
+
+def spec_from_metadata(meta: Mapping[str, object], vocab_size: int | None = None) -> ModelSpec:
+    """The ModelSpec a gpt-oss GGUF describes (the inverse of `add_metadata`), as llama.cpp reads it: keys it
+    would default take llama.cpp's defaults, and the YaRN range is truncated (llama.cpp always rounds it)."""
+    def get(template: str, default: object = None) -> object:
+        key = template.format(arch=ARCH)
+        if key not in meta and default is None:
+            raise SpecError(f"GGUF metadata lacks {key}")
+        return meta.get(key, default)
+
+    K = gguf.Keys
+    if meta.get(K.General.ARCHITECTURE) != ARCH:
+        raise SpecError(f"GGUF architecture is {meta.get(K.General.ARCHITECTURE)!r}, not {ARCH!r}")
+    layers = int(get(K.LLM.BLOCK_COUNT))
+    heads = int(get(K.Attention.HEAD_COUNT))
+    hidden = int(get(K.LLM.EMBEDDING_LENGTH))
+    pattern = meta.get(K.Attention.SLIDING_WINDOW_PATTERN.format(arch=ARCH))
+    layer_types = (tuple(SLIDING if s else FULL for s in pattern) if isinstance(pattern, list)
+                   else default_layer_types(layers))
+    return ModelSpec(
+        num_hidden_layers=layers,
+        num_local_experts=int(get(K.LLM.EXPERT_COUNT)),
+        num_experts_per_tok=int(get(K.LLM.EXPERT_USED_COUNT)),
+        hidden_size=hidden,
+        intermediate_size=int(get(K.LLM.EXPERT_FEED_FORWARD_LENGTH)),
+        num_attention_heads=heads,
+        num_key_value_heads=int(get(K.Attention.HEAD_COUNT_KV, heads)),
+        head_dim=int(get(K.Attention.KEY_LENGTH, hidden // heads)),
+        vocab_size=int(vocab_size if vocab_size is not None else get(K.LLM.VOCAB_SIZE)),
+        sliding_window=int(get(K.Attention.SLIDING_WINDOW)),
+        layer_types=layer_types,
+        rope_theta=float(get(K.Rope.FREQ_BASE, 10000.0)),
+        rope_factor=float(get(K.Rope.SCALING_FACTOR, 1.0)),
+        rope_beta_fast=float(get(K.Rope.SCALING_YARN_BETA_FAST, 32.0)),
+        rope_beta_slow=float(get(K.Rope.SCALING_YARN_BETA_SLOW, 1.0)),
+        rope_original_context=int(get(K.Rope.SCALING_ORIG_CTX_LEN, get(K.LLM.CONTEXT_LENGTH))),
+        rope_truncate=True,
+        rms_norm_eps=float(f"{get(K.Attention.LAYERNORM_RMS_EPS):.7g}"),  # stored as float32
+        max_position_embeddings=int(get(K.LLM.CONTEXT_LENGTH)),
+        bos_token_id=int(meta.get(K.Tokenizer.BOS_ID, 199998)),
+        eos_token_id=int(meta.get(K.Tokenizer.EOS_ID, 200002)),
+        pad_token_id=int(meta.get(K.Tokenizer.PAD_ID, 199999)),
+        name=str(meta.get(K.General.NAME, ARCH)),
+    )
+
+
+def gguf_dense_type(meta: GGUFMetadata, where: Path) -> str:
+    """The --dense-type a GGUF was exported with: the storage of its token embedding."""
+    names = {int(ggml): name for name, ggml in DENSE_TYPES.items()}
+    stored = meta.tensor_types.get("token_embd.weight")
+    if stored not in names:
+        raise UsageError(f"{where}: token_embd.weight is missing from the first file or of a type edgeoss does "
+                         "not plan for")
+    return names[stored]
+
