@@ -42,7 +42,7 @@ from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import NUMPY_DTYPES, bf16_to_f32
 from edgeoss.formats.spec import ModelSpec, tensor_table
 from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, expert_name, tensor_name)
-from edgeoss.formats.gguf_meta import missing_keys
+from edgeoss.formats.gguf_meta import EXPERT_ORDER_KEY, missing_keys
 from edgeoss.jsonfile import read_json
 
 CHUNK_BYTES = 32 << 20  # source bytes per chunk of a dense tensor
@@ -373,20 +373,25 @@ def export_gguf(checkpoint: str | Path | Checkpoint, out: str | Path, *, dense_t
     try:
         tensors = plan_tensors(reader, DENSE_TYPES[dense_type], order)
         return write_gguf(out, ckpt.spec, tensors, name=name, split_max_size=split_max_size, workers=workers,
-                          progress=progress)
+                          progress=progress, expert_order=order)
     finally:
         reader.close()
 
 
 def write_gguf(out: str | Path, spec: ModelSpec, tensors: Sequence[GGUFTensor], *, name: str | None = None,
                split_max_size: int | None = None, workers: int | None = None,
-               progress: bool | None = None) -> list[Path]:
+               progress: bool | None = None, expert_order: ExpertOrder | None = None) -> list[Path]:
     """Write metadata for `spec` and `tensors` (in order, each streamed from its tasks) as one GGUF file or
-    llama.cpp split shards; each file appears only when complete. Returns the paths written."""
+    llama.cpp split shards; each file appears only when complete. Returns the paths written. A layer whose
+    experts were reordered records its permutation (`edgeoss.expert_order.<layer>`), so that a plan's expert
+    ids can be found in the file."""
     out = Path(out)
     workers = workers or min(4, os.cpu_count() or 1)
     writer = _Writer(None, ARCH, split_max_size=split_max_size or 0)
     add_metadata(writer, spec, name or spec.name)
+    for layer, order in sorted((expert_order or {}).items()):
+        if list(order) != list(range(spec.num_local_experts)):
+            writer.add_array(EXPERT_ORDER_KEY.format(layer=layer), np.asarray(order, dtype=np.int32).tolist())
     missing = missing_keys(writer.kv_data[0])
     if missing:  # never hand llama.cpp a file it would default silently or abort on
         raise AssertionError(f"GGUF metadata lacks {', '.join(missing)}")

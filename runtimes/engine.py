@@ -27,7 +27,8 @@ class Engine(Protocol):
         """Forget the sequence (KV cache) but keep the weights loaded."""
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append tokens to the sequence; float32 logits [len(tokens), vocab], one row per position."""
+        """Append tokens to the sequence; float32 logits [len(tokens), vocab], one row per position (an engine
+        opened for generation only, llamacpp's logits_all=False, returns the last row alone: [1, vocab])."""
 
     def step(self, token: int) -> np.ndarray:
         """Append one token; float32 logits [vocab] for the next position."""

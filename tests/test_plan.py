@@ -223,7 +223,7 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
     assert calibration.flash_efficiency == Calibration().flash_efficiency
     w = weight_bytes(preset("20b"), "bf16", "reference")
     p = predict(preset("20b"), w, kv_cache(preset("20b"), 640, "f32", "reference"), load_profile("pixel-9-pro"),
-                Layout(False, 0, 20.0, 128), 0, 1, calibration)
+                Layout(False, 0, 20.0, 128, reads_per_expert=6), 0, 1, calibration)
     assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
     # an engine that timed its reads: the flash efficiency reproduces the measured read time too
     measured["engine_stats"]["decode_miss_seconds_per_token"] = 1.2
@@ -231,7 +231,7 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
     timed = load_calibration(path, request)
     assert timed.flash_efficiency != calibration.flash_efficiency
     p = predict(preset("20b"), w, kv_cache(preset("20b"), 640, "f32", "reference"), load_profile("pixel-9-pro"),
-                Layout(False, 0, 20.0, 128), 0, 1, timed)
+                Layout(False, 0, 20.0, 128, reads_per_expert=6), 0, 1, timed)
     assert p.flash_s_per_token == pytest.approx(1.2, rel=1e-6)
     assert p.decode_tok_s == pytest.approx(0.5, rel=1e-6)
     measured["engine_stats"].pop("decode_miss_seconds_per_token")

@@ -53,8 +53,10 @@ def _spec_and_source(checkpoint: Path | None, preset_name: str | None):
               help="router trace (npz) whose statistics choose the pinned experts")
 @click.option("--dense-type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
 @click.option("--kv-type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16", show_default=True)
-@click.option("--engine", type=click.Choice(["reference", "llamacpp"]), default="reference", show_default=True,
-              help="reference streams experts from flash; llamacpp keeps them all resident")
+@click.option("--engine", type=click.Choice(["reference", "llamacpp", "llamacpp-stream"]), default="reference",
+              show_default=True,
+              help="reference and llamacpp-stream (llama.cpp with edgeoss's expert store) stream experts from "
+                   "flash; llamacpp keeps them all resident")
 @click.option("--calibrate", "calibration_path", type=click.Path(path_type=Path, dir_okay=False),
               help="`edgeoss profile --json` output of the same engine on the device, or JSON efficiencies")
 @click.option("--prompt-tokens", type=int, default=512, show_default=True, help="prompt length for TTFT")
@@ -135,7 +137,14 @@ def _print_plan(p: dict) -> None:
     out.print(f"llama.cpp ({'fits' if llama['fits'] else 'does not fit'}, {human(llama['ram_bytes'])} RAM"
               f"{', ' + human(llama['gpu_bytes']) + ' GPU' if llama['gpu_bytes'] else ''}): "
               f"llama-server -m MODEL.gguf {' '.join(llama['flags'])}", soft_wrap=True)
-    out.print(f"reference runtime: --plan PLAN.json (expert budget {human(p['engines']['reference']['memory_budget'])})")
+    stream = p["engines"].get("llamacpp_stream")
+    if stream:
+        out.print(f"llama.cpp with edgeoss's expert store: edgeoss run MODEL.gguf {' '.join(stream['flags'])} "
+                  f"(expert budget {human(stream['memory_budget'])}, n_ubatch {stream['n_ubatch']}, mmap, no repack)",
+                  soft_wrap=True)
+    else:
+        out.print(f"reference runtime: --plan PLAN.json (expert budget "
+                  f"{human(p['engines']['reference']['memory_budget'])})")
     for line in p["advice"]:
         out.print(f"- {line}", soft_wrap=True)
 

@@ -16,15 +16,20 @@ CHANNEL_STYLES = {"analysis": "dim italic", "commentary": "cyan", "final": "bold
 
 def _engine_options(engine: str, budget: str | None, plan: Path | None, trace: bool,
                     emulate: tuple[str, ...]) -> dict:
-    """Options for load_engine; the expert cache, traces and emulations exist in the reference engine only."""
+    """Options for load_engine. Expert budgets and plans exist in the reference engine and in llama.cpp (its
+    expert store); traces and emulations in the reference engine only."""
     from ..units import parse_size
 
     if engine != "reference":
-        given = [flag for flag, value in (("--memory-budget", budget), ("--plan", plan), ("--trace", trace),
-                                          ("--emulate", emulate)) if value]
-        if given:
-            raise UsageError(f"{', '.join(given)}: only the reference engine supports this")
-        return {}
+        allowed = ("--memory-budget", "--plan") if engine == "llamacpp" else ()
+        for flag, value in (("--memory-budget", budget), ("--plan", plan), ("--trace", trace), ("--emulate", emulate)):
+            if value and flag not in allowed:
+                engines = "the reference and llamacpp engines" if flag in ("--memory-budget", "--plan") else \
+                    "the reference engine"
+                raise UsageError(f"{flag}: only {engines} support{'s' if flag in ('--trace', '--emulate') else ''} this")
+        if budget is None and plan is None:
+            return {}
+        return {"memory_budget": parse_size(budget) if budget is not None else None, "plan": plan}
     from ..runtimes.reference import Emulation
 
     return {"memory_budget": parse_size(budget) if budget is not None else None, "plan": plan,
@@ -47,9 +52,11 @@ emulate_option = click.option("--emulate", multiple=True, metavar="NAME",
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--memory-budget", "budget", metavar="SIZE",
-              help="bytes of experts held in RAM, e.g. 6GiB (default: all, lazily mapped)")
+              help="reference, llamacpp: bytes of experts held in RAM, e.g. 6GiB; the rest stream from the file "
+                   "(default: all, mapped)")
 @click.option("--plan", type=click.Path(path_type=Path),
-              help="plan.json naming experts to pin (its budget_bytes applies unless --memory-budget is given)")
+              help="reference, llamacpp: plan.json naming experts to pin (its budget_bytes applies unless "
+                   "--memory-budget is given)")
 @click.option("--trace", "trace_path", type=click.Path(path_type=Path), help="write the routing trace (.npz)")
 @click.option("--engine", default="reference", show_default=True,
               help="reference | llamacpp | onnxruntime | ortgenai (the artifact must suit it)")
@@ -193,9 +200,11 @@ def _run_limited(limit: str) -> None:
 @click.option("--text", help="text, tokenized with o200k_harmony")
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="where to write (.npy)")
 @click.option("--chunk", type=int, help="prefill in chunks of this many tokens (default: one batch)")
+@click.option("--memory-budget", "budget", metavar="SIZE", help="reference, llamacpp: bytes of experts held in RAM")
+@click.option("--plan", type=click.Path(path_type=Path), help="reference, llamacpp: plan.json naming experts to pin")
 @emulate_option
 def logits(artifact: Path, engine: str, token_list: str | None, text: str | None, out_path: Path,
-           chunk: int | None, emulate: tuple[str, ...]) -> None:
+           chunk: int | None, budget: str | None, plan: Path | None, emulate: tuple[str, ...]) -> None:
     """Write float32 logits [T, vocab], one row per position, computed by an engine from a fresh sequence."""
     import time
 
@@ -208,7 +217,7 @@ def logits(artifact: Path, engine: str, token_list: str | None, text: str | None
     if (token_list is None) == (text is None):
         raise UsageError("give exactly one of --tokens or --text")
     tokens = _parse_tokens(token_list) if token_list is not None else encode(text)
-    options = _engine_options(engine, None, None, False, emulate)
+    options = _engine_options(engine, budget, plan, False, emulate)
     model = load_engine(engine, artifact, **options)
     try:
         start = time.perf_counter()

@@ -136,7 +136,7 @@ def _print_profile(r: dict) -> None:
 @click.option("--prompt-tokens", type=int, default=512, show_default=True)
 @click.option("--gen-tokens", type=int, default=128, show_default=True)
 @click.option("--runs", type=int, default=3, show_default=True)
-@click.option("--memory-budget", help="reference runtime: expert cache budget, e.g. 4GiB")
+@click.option("--memory-budget", help="reference, llamacpp: expert budget, e.g. 4GiB (the rest stream from the file)")
 @click.option("--sweep", help="reference runtime: comma-separated budgets to sweep, e.g. 1MiB,4MiB,16MiB")
 @click.option("--memory-limit", help="run inside a fresh memory cgroup of this size (page cache charged), "
                                      "e.g. 6GiB; a kill is reported, not raised")
@@ -230,6 +230,10 @@ def _plan_options(engine: str, plan: dict, path: Path) -> dict:
         raise UsageError(f"{path}: the plan does not fit its device ({'; '.join(plan.get('advice') or [])})")
     if engine == "reference":
         return {"plan": str(path)}
+    if engine == "llamacpp" and plan["engines"].get("llamacpp_stream"):
+        from ..runtimes.llamacpp import options_from_stream_plan
+
+        return options_from_stream_plan(plan["engines"]["llamacpp_stream"], path)
     if engine == "llamacpp":
         from ..runtimes.llamacpp import options_from_plan
 

@@ -76,3 +76,37 @@ def gguf_dense_type(meta: GGUFMetadata, where: Path) -> str:
                          "not plan for")
     return names[stored]
 
+
+EXPERT_ORDER_KEY = "edgeoss.expert_order.{layer}"  # int32 [E]: stored slot j holds checkpoint expert order[j]
+
+
+def expert_order(meta: Mapping[str, object], spec: ModelSpec) -> dict[int, list[int]]:
+    """The per-layer expert permutation a GGUF was exported with (identity where it records none)."""
+    order = {}
+    for layer in range(spec.num_hidden_layers):
+        found = meta.get(EXPERT_ORDER_KEY.format(layer=layer))
+        identity = list(range(spec.num_local_experts))
+        if found is None:
+            order[layer] = identity
+        elif not isinstance(found, list) or sorted(found) != identity:
+            raise SpecError(f"GGUF metadata {EXPERT_ORDER_KEY.format(layer=layer)} is not a permutation of "
+                            f"0..{spec.num_local_experts - 1}")
+        else:
+            order[layer] = [int(e) for e in found]
+    return order
+
+
+def stored_expert_ids(meta: Mapping[str, object], ids: Mapping[int, Iterable[int]], spec: ModelSpec) \
+        -> dict[int, tuple[int, ...]]:
+    """Checkpoint expert ids per layer (a plan's) as the GGUF's stored slots."""
+    order = expert_order(meta, spec)
+    slot = {layer: {old: new for new, old in enumerate(perm)} for layer, perm in order.items()}
+    stored = {}
+    for layer, experts in ids.items():
+        if not 0 <= int(layer) < spec.num_hidden_layers:
+            raise UsageError(f"experts of layer {layer}: the model has layers 0..{spec.num_hidden_layers - 1}")
+        bad = [e for e in experts if int(e) not in slot[int(layer)]]
+        if bad:
+            raise UsageError(f"expert {bad[0]} of layer {layer}: layers have experts 0..{spec.num_local_experts - 1}")
+        stored[int(layer)] = tuple(sorted(slot[int(layer)][int(e)] for e in experts))
+    return stored

@@ -8,6 +8,10 @@ weights. The rest follows the engine's file format:
   dense makes every dense tensor f32. With bf16, dense + experts is exactly the checkpoint's tensor bytes.
 - llamacpp (reads GGUF): router weights, vectors (norms, biases, sinks) and expert biases are F32, as
   llama.cpp's converter writes them.
+- llamacpp-stream (llama.cpp with edgeoss's expert store, runtimes/llamacpp_store.py): the same GGUF. The
+  store streams the experts' MXFP4 weights; their F32 biases stay resident with the dense weights. A resident
+  expert costs the pages its three slices span in the store's reservations (`expert_page_costs`), a little
+  more than its bytes; a miss reads its bytes.
 
 KV cache. K and V of every layer, `kv_dim` wide each, at `--kv-type` (default f16, llama.cpp's default).
 Full-attention layers hold every position; sliding layers hold the window. The reference holds exactly
@@ -26,8 +30,8 @@ Scratch. The activations of one layer for one prefill chunk (float32: residual a
 attention output, router logits, k experts' gate/up and down outputs), attention scores where the engine
 materializes them (llama.cpp with flash attention does not; the reference's kernel keeps one row per
 (query, head) task), the logits it returns (the reference returns every prompt position: the prompt's rows
-plus the chunk being computed; llama.cpp one row), and, for an engine that streams experts, a buffer for one
-layer's k missed experts.
+plus the chunk being computed; llama.cpp one row), and, for the reference runtime, which builds a missed expert
+before it is cached, a buffer for one layer's k missed experts (llama.cpp's store reads into its own pages).
 
 Engine overhead. The engine's own code and runtime (measured: Python + numpy + numba + edgeoss import at
 98 MiB RSS on our build machine; we count 128 MiB for the reference; llama.cpp's library and threads are an
@@ -67,18 +71,26 @@ class EngineTraits:
     name: str
     weight_format: str  # "checkpoint" or "gguf"
     streams_experts: bool  # can run with experts left on flash
-    prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch)
+    prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch; its store may shrink it, `stream_ubatch`)
     materializes_scores: bool  # attention scores [chunk, heads, context] exist at once
     logits_per_position: bool  # prefill returns a logits row for every prompt position
     runtime_bytes: int
     maps_embedding: bool  # the embedding table is mapped from the file: only touched rows are resident
     kv_type: str | None  # the KV cache's type whatever was asked (None: as asked)
+    reads_per_expert: int = 0  # contiguous reads of one missed expert
+    miss_buffer: bool = False  # a missed expert is built in a buffer of its own before it is cached
+    page_slots: bool = False  # a resident expert costs the pages its slices span (llama.cpp's store)
 
 
 ENGINES = {
-    "reference": EngineTraits("reference", "checkpoint", True, 128, False, True, 128 * MIB, True, "f32"),
+    "reference": EngineTraits("reference", "checkpoint", True, 128, False, True, 128 * MIB, True, "f32",
+                              reads_per_expert=6, miss_buffer=True),
     "llamacpp": EngineTraits("llamacpp", "gguf", False, 512, False, False, 64 * MIB, False, None),
+    # llama.cpp with edgeoss's expert store; measured on the host inside Python, like the reference
+    "llamacpp-stream": EngineTraits("llamacpp-stream", "gguf", True, 512, False, False, 128 * MIB, True, None,
+                                    reads_per_expert=3, page_slots=True),
 }
+STREAM_UBATCH = ENGINES["llamacpp-stream"].prefill_chunk
 
 PAGE_BYTES = 4096
 
@@ -104,14 +116,20 @@ class WeightBytes:
     attention: int
     router: int
     norms: int
-    expert: int  # one expert of one layer, biases included
+    expert: int  # one expert of one layer as the engine streams it (biases included, except llamacpp-stream's)
     embedding_row: int  # what one token reads of the embedding table
     layers: int
     experts_per_layer: int
+    expert_biases: int = 0  # llamacpp-stream: every expert bias, resident with the dense weights
+    expert_slot: int = 0  # what one resident expert occupies (0: `expert`; llamacpp-stream: its pages)
 
     @property
     def dense(self) -> int:
-        return self.embedding + self.unembedding + self.attention + self.router + self.norms
+        return self.embedding + self.unembedding + self.attention + self.router + self.norms + self.expert_biases
+
+    @property
+    def slot(self) -> int:
+        return self.expert_slot or self.expert
 
     @property
     def experts_total(self) -> int:
@@ -132,16 +150,19 @@ MATRIX_KINDS = ("embedding", "unembedding", "attention")
 
 def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
     dense_b = _type_bytes(DENSE_TYPES, dense_type, "dense type")
-    gguf = engine_traits(engine).weight_format == "gguf"
+    traits = engine_traits(engine)
+    gguf = traits.weight_format == "gguf"
     other_b = F32_BYTES if gguf or dense_type == "f32" else STORED_BYTES
-    by_kind = dict.fromkeys(("embedding", "unembedding", "attention", "router", "norm"), 0)
+    by_kind = dict.fromkeys(("embedding", "unembedding", "attention", "router", "norm", "expert_biases"), 0)
     expert_layer = 0.0
     for info in tensor_table(spec):
         if info.kind == "experts":
-            if info.layer == 0:
-                bias = info.name.endswith(".bias")
-                expert_layer += info.numel * ((F32_BYTES if gguf else STORED_BYTES) if bias
-                                              else 1)  # blocks and scales are bytes already
+            bias = info.name.endswith(".bias")
+            bias_bytes = info.numel * (F32_BYTES if gguf else STORED_BYTES)
+            if bias and traits.page_slots:
+                by_kind["expert_biases"] += bias_bytes
+            elif info.layer == 0:
+                expert_layer += bias_bytes if bias else info.numel  # blocks and scales are bytes already
             continue
         matrix = len(info.shape) == 2 and info.kind in MATRIX_KINDS
         by_kind[info.kind] += math.ceil(info.numel * (dense_b if matrix else other_b))
@@ -149,7 +170,36 @@ def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
     return WeightBytes(embedding=by_kind["embedding"], unembedding=by_kind["unembedding"],
                        attention=by_kind["attention"], router=by_kind["router"], norms=by_kind["norm"],
                        expert=int(expert_layer) // spec.num_local_experts, embedding_row=row,
-                       layers=spec.num_hidden_layers, experts_per_layer=spec.num_local_experts)
+                       layers=spec.num_hidden_layers, experts_per_layer=spec.num_local_experts,
+                       expert_biases=by_kind["expert_biases"],
+                       expert_slot=max(expert_page_costs(expert_slice_bytes(spec), spec.num_local_experts))
+                       if traits.page_slots else 0)
+
+
+def expert_slice_bytes(spec: ModelSpec) -> list[int]:
+    """Bytes of one expert in each of llama.cpp's stacked tensors (gate, up, down): MXFP4 rows, 17 B per 32."""
+    i, h = spec.intermediate_size, spec.hidden_size
+    return [i * h // 32 * 17, i * h // 32 * 17, h * i // 32 * 17]
+
+
+def expert_page_costs(strides: list[int], experts: int, page: int = PAGE_BYTES) -> list[int]:
+    """What each expert id costs resident in llama.cpp's store: the pages its slice spans in every stacked
+    tensor's page-aligned reservation (expert e at byte e * stride), summed over the tensors."""
+    return [sum((-(-(e + 1) * s // page) - e * s // page) * page for s in strides) for e in range(experts)]
+
+
+def stream_ubatch(free_slots: int, experts: int, k: int, fewest_pinned: int, default: int = STREAM_UBATCH) -> int:
+    """llama.cpp's ubatch under the expert store: its default when `free_slots` (non-pinned) hold the largest
+    routed union of a layer, min(experts - pinned there, k x ubatch); else free_slots // k; 0 when not even one
+    token's top-k fits."""
+    def needed(ubatch: int) -> int:
+        return min(experts - fewest_pinned, k * ubatch)
+
+    if needed(1) > free_slots:
+        return 0
+    if needed(default) <= free_slots:
+        return default
+    return max(1, free_slots // k)
 
 
 def _pad(n: int, to: int) -> int:
@@ -210,7 +260,7 @@ def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int,
     else:
         logits_rows = 1
     logits = 4 * spec.vocab_size * logits_rows
-    stream_buffer = spec.num_experts_per_tok * expert_bytes if t.streams_experts else 0
+    stream_buffer = spec.num_experts_per_tok * expert_bytes if t.miss_buffer else 0
     return activations + scores + logits + stream_buffer
 
 

@@ -84,13 +84,16 @@ def cache_slot_candidates(slots: int, per_token: int) -> list[int]:
     return sorted(sizes)
 
 
-def place_experts(slots: int, layers: int, experts: int, k: int, trace: Trace | None = None) -> ExpertPlacement:
-    """Pinned experts, cache slots and hot-first order for `slots` resident experts."""
+def place_experts(slots: int, layers: int, experts: int, k: int, trace: Trace | None = None,
+                  cache_slots: int | None = None) -> ExpertPlacement:
+    """Pinned experts, cache slots (chosen here unless given) and hot-first order for `slots` resident experts."""
     total = layers * experts
     slots = max(0, min(slots, total))
     popularity = _popularity(trace, layers, experts, k)
     if slots == total:
         cache_slots = 0
+    elif cache_slots is not None:
+        cache_slots = max(0, min(slots, cache_slots))
     elif trace is None:
         cache_slots = min(slots, 1)
     else:

@@ -10,11 +10,13 @@ none removed or renamed without a new version):
     version         1
     model           name, source (preset name or checkpoint path), layers, experts_per_layer,
                     experts_per_token, expert_bytes (one expert of one layer, as the engine stores it),
-                    dense_type, kv_type, weight_bytes (all weights in the engine's format)
+                    expert_slot_bytes (what one resident expert occupies: llama.cpp's store rounds its slices
+                    to pages), dense_type, kv_type, weight_bytes (all weights in the engine's format)
     device          name, description, platform, cpu_arch, ram_bytes, app_budget_bytes, gpu_memory_bytes,
                     gpu_unified, memory_bandwidth_gb_s, flash_seq_read_mb_s, max_file_bytes (null: no limit)
     engine          the engine the fit and the prediction are for: "reference" (streams experts from
-                    flash) or "llamacpp" (every expert resident, per-layer CPU/GPU split)
+                    flash), "llamacpp" (every expert resident, per-layer CPU/GPU split) or "llamacpp-stream"
+                    (llama.cpp with edgeoss's expert store: streams experts from flash)
     context         tokens of context the KV cache is sized for
     fits            true when the plan runs inside the device's app budget (and GPU memory); false means
                     nothing below `fits` but `memory`, `alternatives` and `advice` is filled in
@@ -29,7 +31,7 @@ none removed or renamed without a new version):
                     kv_cache_bytes, repack_copy_bytes (part of engine_overhead_bytes: llama.cpp's second copy
                     of mmapped CPU-side experts, resident at load), gpu_budget_bytes
     experts         pinned {"<layer>": [expert ids, most popular first]}, cache_slots (extra LRU slots shared
-                    by all layers), budget_bytes ((pinned + cache_slots) x expert_bytes: what the engine may
+                    by all layers), budget_bytes ((pinned + cache_slots) x expert_slot_bytes: what the engine may
                     hold in experts), resident_slots, total_experts, resident_fraction, on_flash
                     {"<layer>": [ids not pinned]}, order {"<layer>": [a permutation of 0..E-1: pinned first,
                     then by popularity; order[i] is the original id stored at position i]}, popularity
@@ -43,15 +45,18 @@ none removed or renamed without a new version):
                     n_ubatch, n_threads, type_k, type_v, override_tensors ["regex=CPU"], flags [command-line
                     flags], fits, ram_bytes, gpu_bytes}; ortgenai {max_length, past_present_share_buffer,
                     provider, search {...}}; reference {memory_budget, pinned, cache_slots, prefill_chunk,
-                    dense_type, kv_type, flags}
+                    dense_type, kv_type, flags}; llamacpp_stream (null unless the plan's engine is
+                    llamacpp-stream) {memory_budget, pinned, cache_slots, n_ubatch, n_ctx, n_threads, use_mmap,
+                    repack, flash_attn, type_k, type_v, flags}
     alternatives    [{change, flag, fits, decode_tok_s, misses_per_token, ram_bytes, resident_fraction}]: single
                     changes (dense type, KV type, context, engine) that fit, smallest first; listed when the
                     plan does not fit, or when it streams
     advice          [sentences]: why it does not fit and the smallest change that would, streaming costs,
                     file-size limits
 
-The reference runtime reads `experts.pinned` and `experts.budget_bytes` (`--plan plan.json`); exporters
-apply `experts.order`; the Android app reads `fits`, `memory`, `prediction` and `engines.llamacpp`.
+The reference runtime and llama.cpp's expert store read `experts.pinned` and `experts.budget_bytes`
+(`--plan plan.json`); exporters apply `experts.order`; the Android app reads `fits`, `memory`, `prediction` and
+`engines.llamacpp`.
 """
 
 from __future__ import annotations
@@ -66,11 +71,10 @@ import numpy as np
 from ..atomic import atomic_file
 from .cache_sim import compare, replay
 from ..errors import UsageError
-from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, engine_kv_type, engine_traits, kv_cache,
-                     overhead_bytes, resident_dense_bytes, scratch_bytes, weight_bytes)
+from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, STREAM_UBATCH, engine_kv_type, engine_traits,
+                     kv_cache, overhead_bytes, resident_dense_bytes, scratch_bytes, stream_ubatch, weight_bytes)
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
-from .predict import (READS_PER_EXPERT, Calibration, Layout, Prediction, predict, read_latency_s,
-                      uniform_misses_per_token)
+from .predict import Calibration, Layout, Prediction, predict, read_latency_s, uniform_misses_per_token
 from .profiles import DeviceProfile
 from ..formats.routing_trace import Trace
 from ..formats.spec import ModelSpec
@@ -156,27 +160,31 @@ def _parts(dense: int, kv, scratch: int, overhead: int, experts: int) -> dict:
 
 def fit(req: PlanRequest) -> Fit:
     """Memory of `req` on its device, without placing experts (cheap: used to search alternatives)."""
-    return _fit_reference(req) if req.engine == "reference" else _fit_llamacpp(req)
+    return _fit_streaming(req) if engine_traits(req.engine).streams_experts else _fit_llamacpp(req)
 
 
-def _fit_reference(req: PlanRequest) -> Fit:
-    """The reference runtime: dense weights, KV and scratch resident; experts fill what is left."""
-    spec, device = req.spec, req.device
-    w = weight_bytes(spec, req.dense_type, "reference")
+def _fit_streaming(req: PlanRequest) -> Fit:
+    """An engine that streams experts (the reference runtime, llama.cpp's expert store): dense weights, KV and
+    scratch resident; experts fill what is left. llama.cpp's store needs room for one token's top-k beside
+    whatever is pinned (the reference, for one expert)."""
+    spec, device, engine = req.spec, req.device, req.engine
+    w = weight_bytes(spec, req.dense_type, engine)
     kv = _kv(req)
-    scratch = scratch_bytes(spec, req.context, "reference", w.expert, req.prompt_tokens)
-    overhead = overhead_bytes("reference", device.platform)
+    scratch = scratch_bytes(spec, req.context, engine, w.expert, req.prompt_tokens)
+    overhead = overhead_bytes(engine, device.platform)
     budget = device.app_budget_bytes
-    dense = resident_dense_bytes(w, req.context, "reference")
+    dense = resident_dense_bytes(w, req.context, engine)
     fixed = dense + kv.total_bytes + scratch + overhead
     expert_budget = budget - reserve_bytes(budget) - fixed
-    slots = max(0, min(w.layers * w.experts_per_layer, expert_budget // w.expert))
-    memory = _memory_section(_parts(dense, kv, scratch, overhead, slots * w.expert), kv,
-                             ram_bytes=fixed + slots * w.expert, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
-    if slots < 1:
-        return Fit(False, memory, f"dense weights, KV cache, scratch and runtime need {human(fixed)}, one "
-                                  f"expert {human(w.expert)}, and {human(reserve_bytes(budget))} stays free; "
-                                  f"the app budget is {human(budget)}")
+    total = w.layers * w.experts_per_layer
+    slots = max(0, min(total, expert_budget // w.slot))
+    memory = _memory_section(_parts(dense, kv, scratch, overhead, slots * w.slot), kv,
+                             ram_bytes=fixed + slots * w.slot, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
+    least = min(total, spec.num_experts_per_tok) if engine_traits(engine).page_slots else 1
+    if slots < least:
+        return Fit(False, memory, f"dense weights, KV cache, scratch and runtime need {human(fixed)}, "
+                                  f"{least} expert{'s' if least > 1 else ''} {human(least * w.slot)}, and "
+                                  f"{human(reserve_bytes(budget))} stays free; the app budget is {human(budget)}")
     return Fit(True, memory, resident_slots=int(slots))
 
 
@@ -243,21 +251,47 @@ def make_plan(req: PlanRequest) -> dict:
     return plan
 
 
+def _placement(req: PlanRequest, slots: int) -> ExpertPlacement:
+    """Where the experts go. For llama.cpp's store, enough cache slots beside the pinned experts to hold a
+    layer's largest routed union at llama.cpp's own ubatch (so prefill keeps its batching), as far as the
+    slots allow."""
+    spec = req.spec
+    layers, experts, k = spec.num_hidden_layers, spec.num_local_experts, spec.num_experts_per_tok
+    p = place_experts(slots, layers, experts, k, req.trace)
+    if not engine_traits(req.engine).page_slots or p.slots == layers * experts:
+        return p
+    cache = p.cache_slots
+    while True:
+        union = min(experts - int(p.pinned.sum(axis=1).min()), k * STREAM_UBATCH)
+        if cache >= union or cache >= p.slots:
+            return p
+        cache = min(p.slots, union)
+        p = place_experts(slots, layers, experts, k, req.trace, cache_slots=cache)
+
+
+def _prefill_chunk(req: PlanRequest, p: ExpertPlacement) -> int:
+    if not engine_traits(req.engine).page_slots:
+        return engine_traits(req.engine).prefill_chunk
+    spec = req.spec
+    return stream_ubatch(p.cache_slots, spec.num_local_experts, spec.num_experts_per_tok,
+                         int(p.pinned.sum(axis=1).min())) or 1
+
+
 def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, Prediction]:
     spec = req.spec
     w = weight_bytes(spec, req.dense_type, req.engine)
     kv = _kv(req)
-    placement = place_experts(result.resident_slots, spec.num_hidden_layers, spec.num_local_experts,
-                              spec.num_experts_per_tok, req.trace)
+    placement = _placement(req, result.resident_slots)
     if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
         misses = 0.0
     elif req.trace is not None:
-        misses = held_out_misses(req.trace, placement.slots, spec)
+        fixed = placement.cache_slots if engine_traits(req.engine).page_slots else None
+        misses = held_out_misses(req.trace, placement.slots, spec, fixed)
     else:
         misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
     resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
-    return placement, predict(spec, w, kv, req.device, _layout(req, result, misses), resident, req.prompt_tokens,
-                              req.calibration)
+    layout = _layout(req, result, misses, _prefill_chunk(req, placement))
+    return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
 
 
 def _kv(req: PlanRequest):
@@ -265,14 +299,15 @@ def _kv(req: PlanRequest):
     return kv_cache(req.spec, req.context, engine_kv_type(req.engine, req.kv_type), req.engine)
 
 
-def _layout(req: PlanRequest, result: Fit, misses_per_token: float) -> Layout:
+def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chunk: int | None = None) -> Layout:
     settings = result.llamacpp or {}
+    traits = engine_traits(req.engine)
     return Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
                   gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses_per_token,
-                  prefill_chunk=engine_traits(req.engine).prefill_chunk)
+                  prefill_chunk=prefill_chunk or traits.prefill_chunk, reads_per_expert=traits.reads_per_expert)
 
 
-def held_out_misses(trace: Trace, slots: int, spec: ModelSpec) -> float:
+def held_out_misses(trace: Trace, slots: int, spec: ModelSpec, cache_slots: int | None = None) -> float:
     """Misses per token of a trace-made placement on tokens it has not seen: two-fold cross-validation (place
     from one half of the trace, replay the other half, and the reverse; the mean). Replaying the trace the
     placement was made from would be optimistic: the experts a short trace happens to favour are pinned, and
@@ -283,7 +318,7 @@ def held_out_misses(trace: Trace, slots: int, spec: ModelSpec) -> float:
     layers, experts, k = spec.num_hidden_layers, spec.num_local_experts, spec.num_experts_per_tok
     total = 0.0
     for made_from, scored_on in (halves, halves[::-1]):
-        p = place_experts(slots, layers, experts, k, made_from)
+        p = place_experts(slots, layers, experts, k, made_from, cache_slots)
         total += replay(scored_on, "plan", p.pinned, p.cache_slots, p.order, 1).misses_per_token
     return total / 2
 
@@ -293,7 +328,7 @@ def _model_section(req: PlanRequest) -> dict:
     w = weight_bytes(spec, req.dense_type, req.engine)
     return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
             "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
-            "expert_bytes": w.expert, "dense_type": req.dense_type,
+            "expert_bytes": w.expert, "expert_slot_bytes": w.slot, "dense_type": req.dense_type,
             "kv_type": engine_kv_type(req.engine, req.kv_type),
             "weight_bytes": w.dense + w.experts_total}
 
@@ -312,7 +347,7 @@ def _per_layer(values: np.ndarray) -> dict[str, list]:
 def _experts_section(req: PlanRequest, p: ExpertPlacement) -> dict:
     w = weight_bytes(req.spec, req.dense_type, req.engine)
     total = p.pinned.size
-    return {"pinned": p.pinned_ids(), "cache_slots": p.cache_slots, "budget_bytes": p.slots * w.expert,
+    return {"pinned": p.pinned_ids(), "cache_slots": p.cache_slots, "budget_bytes": p.slots * w.slot,
             "resident_slots": p.slots, "total_experts": total, "resident_fraction": p.slots / total,
             "on_flash": p.on_flash_ids(), "order": _per_layer(p.order), "popularity": _per_layer(p.popularity),
             "popularity_source": req.trace_source or ("trace" if req.trace is not None else "uniform")}
@@ -354,7 +389,20 @@ def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
                       "cache_slots": placement.cache_slots,
                       "prefill_chunk": engine_traits("reference").prefill_chunk, "dense_type": req.dense_type,
                       "kv_type": engine_kv_type("reference", req.kv_type), "flags": ["--plan", "plan.json"]},
+        "llamacpp_stream": llamacpp_stream_settings(req, placement) if req.engine == "llamacpp-stream" else None,
     }
+
+
+def llamacpp_stream_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
+    """llama.cpp with edgeoss's expert store: mmap without repack, the plan's pinned experts and budget, the ubatch
+    the store keeps, flash attention and the KV type as planned."""
+    plain = llamacpp_settings(req)
+    w = weight_bytes(req.spec, req.dense_type, req.engine)
+    budget = placement.slots * w.slot
+    return {"memory_budget": budget, "pinned": placement.pinned_ids(), "cache_slots": placement.cache_slots,
+            "n_ubatch": _prefill_chunk(req, placement), "n_ctx": plain["n_ctx"], "n_threads": plain["n_threads"],
+            "use_mmap": True, "repack": False, "flash_attn": True, "type_k": plain["type_k"],
+            "type_v": plain["type_v"], "flags": ["--engine", "llamacpp", "--plan", "plan.json"]}
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
@@ -381,7 +429,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     w = weight_bytes(at.spec, at.dense_type, at.engine)
     misses = read_per_token / w.expert
     base = at.calibration
-    transfer_s = miss_s - misses * READS_PER_EXPERT * read_latency_s(at.device)
+    transfer_s = miss_s - misses * engine_traits(at.engine).reads_per_expert * read_latency_s(at.device)
     if read_per_token > 0 and transfer_s > 0:
         efficiency = read_per_token / (transfer_s * at.device.flash_seq_read_mb_s * 1e6)
         base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
@@ -430,6 +478,9 @@ def _candidate_changes(req: PlanRequest) -> list[tuple[str, str, PlanRequest]]:
     context = largest_context(req)
     if 0 < context < req.context:
         changes.append((f"context {context}", f"--context {context}", req.replace(context=context)))
+    if req.engine != "llamacpp-stream":
+        changes.append(("stream experts from flash (llama.cpp with edgeoss's expert store)",
+                        "--engine llamacpp-stream", req.replace(engine="llamacpp-stream", use_mmap=None)))
     if req.engine == "llamacpp":
         changes.append(("stream experts from flash (reference runtime)", "--engine reference",
                         req.replace(engine="reference", use_mmap=None)))
@@ -481,7 +532,7 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
             advice.append(f"{p.decode_tok_s:.2f} tok/s is below what users accept as usable "
                           f"(~{SLOW_TOK_S:g} tok/s); a smaller model or a device with more RAM fits better")
     llamacpp = plan["engines"]["llamacpp"]
-    if req.engine == "reference" and llamacpp["fits"]:
+    if req.engine != "llamacpp" and llamacpp["fits"]:
         advice.append(f"llama.cpp can hold the whole model here: {' '.join(llamacpp['flags'])}")
     if req.engine == "llamacpp" and plan["memory"]["repack_copy_bytes"]:
         advice.append(f"use_mmap costs a second copy of {human(plan['memory']['repack_copy_bytes'])} of experts "

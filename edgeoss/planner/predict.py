@@ -38,7 +38,6 @@ from .profiles import DeviceProfile
 from ..formats.spec import ModelSpec, sizes
 
 RANDOM_READ_BYTES = 4096
-READS_PER_EXPERT = 6  # gate_up and down: blocks, scales, bias, each a contiguous range of the expert
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,7 @@ class Layout:
     gpu_expert_layers: int  # layers whose experts are in GPU memory (llama.cpp); the rest on the host
     misses_per_token: float  # experts read from flash per decoded token
     prefill_chunk: int
+    reads_per_expert: int = 0  # contiguous reads of one missed expert (the engine's)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
     host_s = _tier_s(ram_bytes, cpu_flops, device.memory_bandwidth_gb_s, device.cpu_gflops, cal)
     gpu_s = _tier_s(gpu_bytes, gpu_flops, device.gpu_memory_bandwidth_gb_s, device.gpu_gflops, cal) \
         if gpu_bytes or gpu_flops else 0.0
-    flash_s = flash_read_s(misses * weights.expert, misses * READS_PER_EXPERT, device, cal)
+    flash_s = flash_read_s(misses * weights.expert, misses * layout.reads_per_expert, device, cal)
     step_s = host_s + gpu_s + flash_s
     memory_s = ram_bytes / (device.memory_bandwidth_gb_s * 1e9 * cal.memory_efficiency) + (
         gpu_bytes / (device.gpu_memory_bandwidth_gb_s * 1e9 * cal.memory_efficiency) if gpu_bytes else 0.0)
@@ -160,7 +160,8 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
                             (chunk_dense_flops if layout.dense_on_gpu else 0) + chunk_expert_flops * gpu_share,
                             device.gpu_memory_bandwidth_gb_s, device.gpu_gflops, cal)
         chunk_misses = distinct * miss_rate
-        ttft += flash_read_s(chunk_misses * weights.expert, chunk_misses * READS_PER_EXPERT, device, cal)
+        ttft += flash_read_s(chunk_misses * weights.expert, chunk_misses * layout.reads_per_expert, device,
+                             cal)
     load_s = flash_read_s(resident_bytes, 0, device, cal)
     return Prediction(decode_tok_s=1.0 / step_s, decode_s_per_token=step_s, ttft_s=ttft, prompt_tokens=prompt_tokens,
                       load_s=load_s, misses_per_token=misses, miss_bytes_per_token=misses * weights.expert,

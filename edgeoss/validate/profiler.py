@@ -129,7 +129,7 @@ def project(spec: ModelSpec, device_name: str, engine_name: str, stats: dict, fl
     flops = 2 * s.params_active
     step = _tier_s(ram_bytes, flops, device.memory_bandwidth_gb_s, device.cpu_gflops, cal) + \
         flash_read_s(flash_bytes_per_token, misses, device, cal)
-    engine = "llamacpp" if engine_name == "llamacpp" else "reference"
+    engine = engine_name if engine_name in ("llamacpp", "llamacpp-stream") else "reference"
     plan = make_plan(PlanRequest(spec=spec, device=device, context=min(context, spec.max_position_embeddings),
                                  engine=engine))
     planned = (plan.get("prediction") or {}).get("decode_tok_s")
@@ -145,6 +145,7 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
     options = dict(options or {})
     if engine_name == "llamacpp":
         options.setdefault("n_ctx", prompt_tokens + gen_tokens + 8)
+        options.setdefault("logits_all", False)  # generation reads the last row only, as an app does
     rss_before = psutil.Process().memory_info().rss
     read_before = disk_read_bytes()
     with RssSampler() as rss:
@@ -179,14 +180,14 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
         finally:
             engine.close()
     return ProfileResult(
-        engine=engine_name, artifact=str(artifact), model=engine.spec.name, prompt_tokens=prompt_tokens,
+        engine=getattr(engine, "name", engine_name), artifact=str(artifact), model=engine.spec.name, prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens, runs=runs, load_s=load_s, ttft_s=Spread.of(ttft),
         prefill_tok_s=Spread.of(prefill), decode_tok_s=Spread.of(decode), peak_rss_bytes=rss.peak,
         rss_before_load_bytes=rss_before, rss_after_load_bytes=rss_after_load,
         disk_read_bytes=disk_read_bytes() - read_before,
         disk_read_bytes_per_decode_token=read_decode / max(1, runs * gen_tokens),
         engine_stats=stats, machine=machine_description(),
-        projection=project(engine.spec, device, engine_name, stats, _flash_per_token(stats, read_decode, runs,
+        projection=project(engine.spec, device, getattr(engine, "name", engine_name), stats, _flash_per_token(stats, read_decode, runs,
                                                                                      gen_tokens),
                            prompt_tokens + gen_tokens) if device else {})
 
