@@ -2,7 +2,8 @@
 
     python benchmarks/memlimit_20b.py /work/bench/20b-hf [--gguf 20b.gguf] [--device pixel-9-pro|this-machine]
         [--limits 4GiB,6GiB,8GiB,12GiB] [--prompt-tokens 32] [--gen-tokens 16] [--out memlimit-20b]
-        [--only reference|llamacpp] [--calibrate profile.json | --calibrate-at 8GiB] [--trace-tokens N]
+        [--settings repack,no-repack,llamacpp-plan,stream,reference] [--calibrate-at 8GiB] [--trace-tokens N]
+        [--warmup]
 
 Every run is one engine, loaded cold (its files evicted from the page cache first) in a fresh process inside a
 memory cgroup limited to the budget (`edgeoss.validate.memlimit`): anonymous memory AND the page cache of the weights
@@ -11,12 +12,18 @@ count, as on a phone. Budgets: the device profile's app budget and each --limits
 - llama.cpp, mmap, no repack (`--no-repack`): the experts stay file-backed (reclaimable page cache);
 - llama.cpp with the plan's settings for that budget (`edgeoss.planner.plan`; on a CPU-only device: no mmap, so the
   experts are read once into the repacked buffer);
+- llama.cpp with edgeoss's expert store and the plan made for it (`--engine llamacpp-stream`): mmap, no repack,
+  the plan's pinned experts and expert budget, the rest streamed from the file (`runtimes/llamacpp_store.py`);
 - the reference runtime with the plan's pinned experts and expert budget (a budget the plan says cannot hold
   the dense weights is listed as "plan: does not fit", not run).
+Each run reports the cgroup's peak over the whole run, and apart: up to the end of the load (and the warm-up,
+with --warmup) and after it. llama.cpp's mmap load pre-reads the whole file (MAP_POPULATE), so its load peak is
+the limit wherever the file is larger; the run peak is what the engine holds while it works.
 llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, and this machine's cores; the
 plan's columns give its predicted fit, RAM, decode speed and flash bytes per token for the device
 (`--device this-machine` measures this machine first, so that predictions and measurements are comparable;
-`--calibrate` feeds a measured reference profile back into the reference plans). A setting whose piece is missing
+`--calibrate-at B` first runs each streaming engine's plan at budget B and calibrates that engine's plans with it,
+`edgeoss plan --calibrate`). A setting whose piece is missing
 (no GGUF, no llama-cpp-python, no edgeoss.planner.plan, no reference runtime) is skipped and named.
 
 Prints a table, writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
@@ -69,10 +76,10 @@ def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str,
     request = PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
                           prompt_tokens=args.prompt_tokens, trace=args.router_trace,
                           trace_source=str(args.trace_path or ""))
-    if args.calibrate and engine == "reference":
+    if engine in args.calibrate:
         from edgeoss.planner.plan import load_calibration
 
-        request = request.replace(calibration=load_calibration(args.calibrate, request))
+        request = request.replace(calibration=load_calibration(args.calibrate[engine], request))
     return request
 
 
@@ -98,15 +105,11 @@ def settings(hf: Path, gguf: Path | None, device: Any, budget: int, args: argpar
              skipped: dict[str, str]) -> list[Setting]:
     """What runs at this budget; a setting that cannot run is recorded in `skipped` (label -> why)."""
     spec = Checkpoint.open(hf).spec
-    runs: list[Setting] = []
-    if args.only == "reference":
-        skipped["llama.cpp settings"] = "--only reference"
-    else:
-        runs += llamacpp_runs(spec, gguf, device, budget, args, skipped)
-    if args.only == "llamacpp":
-        skipped["reference + plan"] = "--only llamacpp"
-    else:
-        runs += reference_runs(spec, hf, device, budget, args, skipped)
+    runs = llamacpp_runs(spec, gguf, device, budget, args, skipped)
+    if "stream" in args.settings:
+        runs += planned_runs(spec, gguf, device, budget, "llamacpp-stream", args, skipped)
+    if "reference" in args.settings:
+        runs += planned_runs(spec, hf, device, budget, "reference", args, skipped)
     return runs
 
 
@@ -122,13 +125,17 @@ def llamacpp_runs(spec: Any, gguf: Path | None, device: Any, budget: int, args: 
     llama = gguf is not None and have("llama_cpp") and have("edgeoss.runtimes.llamacpp")
     why_not_llama = "no GGUF" if gguf is None else "llama-cpp-python or edgeoss.runtimes.llamacpp missing"
     common = {"n_ctx": args.context, "use_mmap": True, "f32_kv": False}  # llama.cpp's own defaults: f16 KV
-    for label, options in (("llama.cpp mmap + repack (default)", {**common, "repack": True}),
-                           ("llama.cpp mmap, no repack", {**common, "repack": False})):
+    for name, label, options in (("repack", "llama.cpp mmap + repack (default)", {**common, "repack": True}),
+                                 ("no-repack", "llama.cpp mmap, no repack", {**common, "repack": False})):
+        if name not in args.settings:
+            continue
         if llama:
             runs.append(Setting(label, "llamacpp", gguf, options))
         else:
             skipped[label] = why_not_llama
     why_not_plan = _why_not_plan(device)
+    if "llamacpp-plan" not in args.settings:
+        return runs
     if why_not_plan or not llama:
         skipped["llama.cpp + plan"] = why_not_plan or why_not_llama
         return runs
@@ -141,24 +148,37 @@ def llamacpp_runs(spec: Any, gguf: Path | None, device: Any, budget: int, args: 
     return runs
 
 
-def reference_runs(spec: Any, hf: Path, device: Any, budget: int, args: argparse.Namespace,
-                   skipped: dict[str, str]) -> list[Setting]:
-    """The reference runtime with the plan for this budget (listed, not run, when the plan does not fit)."""
-    why_not = _why_not_plan(device) or (None if have("edgeoss.runtimes.reference")
-                                        else "edgeoss.runtimes.reference missing")
+LABELS = {"reference": "reference + plan", "llamacpp-stream": "llama.cpp store + plan"}
+
+
+def planned_runs(spec: Any, artifact: Path | None, device: Any, budget: int, engine: str, args: argparse.Namespace,
+                 skipped: dict[str, str]) -> list[Setting]:
+    """A streaming engine (the reference runtime, or llama.cpp with its expert store) with the plan made for it at
+    this budget (listed, not run, when the plan does not fit)."""
+    label = LABELS[engine]
+    runtime = "edgeoss.runtimes.reference" if engine == "reference" else "edgeoss.runtimes.llamacpp"
+    why_not = _why_not_plan(device) or (None if have(runtime) else f"{runtime} missing") or \
+        (None if artifact is not None else "no GGUF")
     if why_not:
-        skipped["reference + plan"] = why_not
+        skipped[label] = why_not
         return []
     from edgeoss.planner.plan import make_plan, write_plan
 
-    plan = make_plan(plan_request(spec, hf, device, budget, "reference", args))
+    plan = make_plan(plan_request(spec, artifact, device, budget, engine, args))
     predicted = {"fits": plan["fits"], "ram_bytes": plan["memory"]["ram_bytes"],
                  "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s"),
+                 "ttft_s": (plan["prediction"] or {}).get("ttft_s"),
                  "miss_bytes_per_token": (plan["prediction"] or {}).get("miss_bytes_per_token")}
+    runner = "reference" if engine == "reference" else "llamacpp"
     if not plan["fits"]:
-        return [Setting("reference + plan", "reference", hf, {}, predicted, runnable=False)]
-    path = write_plan(args.out / "plans" / f"reference-{budget}.json", plan)
-    return [Setting("reference + plan", "reference", hf, {"plan": str(path)}, predicted)]
+        return [Setting(label, runner, artifact, {}, predicted, runnable=False)]
+    path = write_plan(args.out / "plans" / f"{engine}-{budget}.json", plan)
+    if engine == "reference":
+        return [Setting(label, runner, artifact, {"plan": str(path)}, predicted)]
+    from edgeoss.runtimes.llamacpp import options_from_stream_plan
+
+    return [Setting(label, runner, artifact, options_from_stream_plan(plan["engines"]["llamacpp_stream"], path),
+                    predicted)]
 
 
 def not_run(setting: Setting, budget: int) -> dict[str, Any]:
@@ -175,13 +195,15 @@ def one_run(setting: Setting, budget: int, args: argparse.Namespace) -> dict[str
     load = os.getloadavg()[0]
     run = run_profile_limited(setting.engine, setting.artifact, budget, options=setting.options,
                               prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, runs=args.runs,
-                              warmup=False, timeout=args.timeout)
+                              warmup=args.warmup, split_peak=True, timeout=args.timeout)
     profile = run.result or {}
     outcome = ("killed (OOM)" if run.killed else "timed out" if run.timed_out
                else "ok" if run.ok else f"failed ({run.returncode})")
     return {
         "setting": setting.label, "engine": setting.engine, "options": setting.options, "budget_bytes": budget,
         "outcome": outcome, "planned": setting.planned, "peak_bytes": run.peak_bytes,
+        "load_peak_bytes": profile.get("load_peak_bytes"), "run_peak_bytes": profile.get("run_peak_bytes"),
+        "ttft_s": profile.get("ttft_s", {}).get("median"),
         "page_cache_bytes_at_end": run.page_cache_bytes, "read_bytes": run.read_bytes, "major_faults": run.major_faults, "wall_s": run.wall_s,
         "cold_resident_bytes": run.cold_resident_bytes, "load_avg_before": load,
         "load_s": profile.get("load_s"),
@@ -203,12 +225,14 @@ def planned_cell(planned: dict[str, Any] | None) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    cols = ("setting", "budget", "result", "peak", "decode tok/s", "prefill tok/s", "load s", "flash MB/token",
-            "read total", "wall s", "load avg", "plan: fits, RAM, tok/s, flash MB/token")
+    cols = ("setting", "budget", "result", "peak: load / run", "decode tok/s", "prefill tok/s", "load s",
+            "flash MB/token", "read total", "wall s", "load avg", "plan: fits, RAM, tok/s, flash MB/token")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         flash = r["flash_bytes_per_token"]
-        cells = (r["setting"], human(r["budget_bytes"]), r["outcome"], human(r["peak_bytes"]),
+        peaks = human(r["peak_bytes"]) if r.get("run_peak_bytes") is None else \
+            f"{human(r['load_peak_bytes'])} / {human(r['run_peak_bytes'])}"
+        cells = (r["setting"], human(r["budget_bytes"]), r["outcome"], peaks,
                  f"{r['decode_tok_s']:.2f}", f"{r['prefill_tok_s']:.2f}",
                  "-" if r["load_s"] is None else f"{r['load_s']:.1f}",
                  "-" if flash is None else f"{flash / 1e6:.1f}", human(r["read_bytes"]), f"{r['wall_s']:.1f}",
@@ -254,15 +278,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--context", type=int, default=4096, help="context the plans and llama.cpp's n_ctx are for")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
-    ap.add_argument("--only", choices=["reference", "llamacpp"], help="run only this engine's settings")
-    ap.add_argument("--calibrate-at", help="first profile the reference runtime with its uncalibrated plan at this "
-                    "budget (e.g. 8GiB) and calibrate every reference plan with that measurement")
+    ap.add_argument("--settings", default="repack,no-repack,llamacpp-plan,stream,reference",
+                    help="which to run: repack, no-repack, llamacpp-plan (llama.cpp as planned), stream (llama.cpp "
+                         "with edgeoss's expert store + plan), reference (reference runtime + plan)")
+    ap.add_argument("--warmup", action="store_true", help="a short prefill and two steps before the measured runs")
+    ap.add_argument("--calibrate-at", help="first profile each streaming engine with its uncalibrated plan at this "
+                    "budget (e.g. 8GiB) and calibrate that engine's plans with the measurement")
     ap.add_argument("--trace-tokens", type=int, default=0, help="first record the router on another random "
                     "prompt for this many decoded tokens and plan from that trace (default: uniform plans)")
-    ap.add_argument("--calibrate", type=Path, help="an `edgeoss profile --json` of the reference runtime on this "
-                    "machine: the reference plans are calibrated with it (edgeoss plan --calibrate)")
     ap.add_argument("--out", type=Path, default=Path("memlimit-results"))
     args = ap.parse_args()
+    args.settings = {s.strip() for s in args.settings.split(",") if s.strip()}
+    args.calibrate = {}
     try:
         ok, why = cgroups_available()
         if not ok:
@@ -297,17 +324,21 @@ def main() -> None:
     skipped: dict[str, str] = {}
     if args.calibrate_at:
         budget = parse_size(args.calibrate_at)
-        plan_run = reference_runs(Checkpoint.open(args.hf).spec, args.hf, device, budget, args, skipped)
-        if not plan_run:
-            sys.exit(f"cannot calibrate: {skipped['reference + plan']}")
-        console.print(f"[dim]calibration: reference + plan @ {human(budget)} ...[/dim]")
-        measured = one_run(plan_run[0], budget, args)
-        if measured["outcome"] != "ok":
-            sys.exit(f"the calibration run failed: {measured['outcome']}\n{measured.get('stderr_tail', '')}")
-        args.calibrate = args.out / "calibration-profile.json"
-        args.calibrate.write_text(json.dumps(measured["profile"], default=str))
-        print(f"calibrated at {human(budget)}: {measured['decode_tok_s']:.2f} tok/s measured "
-              f"({args.calibrate})")
+        spec = Checkpoint.open(args.hf).spec
+        for engine, wanted, artifact in (("reference", "reference", args.hf), ("llamacpp-stream", "stream", gguf)):
+            if wanted not in args.settings:
+                continue
+            plan_run = planned_runs(spec, artifact, device, budget, engine, args, skipped)
+            if not plan_run or not plan_run[0].runnable:
+                sys.exit(f"cannot calibrate {engine}: {skipped.get(LABELS[engine], 'its plan does not fit')}")
+            console.print(f"[dim]calibration: {plan_run[0].label} @ {human(budget)} ...[/dim]")
+            measured = one_run(plan_run[0], budget, args)
+            if measured["outcome"] != "ok":
+                sys.exit(f"the calibration run failed: {measured['outcome']}\n{measured.get('stderr_tail', '')}")
+            args.calibrate[engine] = args.out / f"calibration-{engine}.json"
+            args.calibrate[engine].write_text(json.dumps(measured["profile"], default=str))
+            print(f"calibrated {engine} at {human(budget)}: {measured['decode_tok_s']:.2f} tok/s measured, "
+                  f"{measured['planned']['decode_tok_s']:.2f} predicted before ({args.calibrate[engine]})")
     for budget in sorted(budgets):
         for setting in settings(args.hf, gguf, device, budget, args, skipped):
             console.print(f"[dim]{setting.label} @ {human(budget)} ...[/dim]")

@@ -27,8 +27,9 @@ to each layer's top-k, stops, and calls back with it before that layer's MUL_MAT
 view [k, T] of the router's argsort (row stride nb[1]). For the union U of its ids:
 - each choice of a resident expert is a hit; the first choice of a missing expert is a miss (it is loaded),
   its other choices in the ubatch are hits: hits + misses = k x T per layer;
-- before loading, every member of U is protected; unprotected, unpinned experts are evicted in LRU order
-  until the new ones fit; hits and loads move to the LRU's most-recent end.
+- every member of U is protected; unprotected, unpinned experts are evicted in LRU order until all the
+  missing ones fit; then their slices are read, READ_LANES (4) at a time; hits and loads move to the LRU's
+  most-recent end.
 Loading a slice is one `pread` of its bytes at its file offset into its place in the reservation, then
 `posix_fadvise(DONTNEED)` of that file range, so the budget holds the only copy. Evicting a slice is
 `madvise(MADV_DONTNEED)` of the pages it spans, except an edge page a resident neighbour shares.
@@ -52,6 +53,7 @@ import mmap as _mmap
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -67,6 +69,7 @@ from edgeoss.units import human
 PAGE = _mmap.PAGESIZE
 DEFAULT_UBATCH = STREAM_UBATCH  # llama.cpp's own n_ubatch
 PROJECTIONS = ("gate", "up", "down")
+READ_LANES = 4  # concurrent preads of a ubatch's missed slices
 TOPK_PREFIX = b"ffn_moe_topk-"
 EMBEDDING = "token_embd.weight"
 MAP_NORESERVE = getattr(_mmap, "MAP_NORESERVE", 0x4000)
@@ -213,6 +216,7 @@ class LlamaExpertStore:
             self._all_bound = False
             self._released = False
             self.error: BaseException | None = None
+            self._lanes = ThreadPoolExecutor(READ_LANES, thread_name_prefix="expert-read")
             for layer, ids in sorted(self.pinned.items()):
                 self._load_union(layer, list(ids), protect=set())
             self.pinned_bytes, self.pinned_read_seconds = self.resident_cost, self.counters.read_seconds
@@ -314,32 +318,38 @@ class LlamaExpertStore:
         self._load_union(layer, missing, protect={(layer, e) for e in union.tolist()})
 
     def _load_union(self, layer: int, experts: list[int], protect: set[tuple[int, int]]) -> None:
+        need = sum(self.cost[e] for e in experts)
+        while self.resident_cost + need > self.budget:
+            victim = next((key for key in self._lru if key not in protect), None)
+            if victim is None:
+                raise StoreError(f"layer {layer}: the routed experts of one ubatch do not fit the expert budget "
+                                 f"of {human(self.budget)} (n_ubatch {self.n_ubatch})")
+            self._evict(victim)
+        self._read(layer, experts)
         pinned = set(self.pinned.get(layer, ()))
         for e in experts:
-            need = self.cost[e]
-            while self.resident_cost + need > self.budget:
-                victim = next((key for key in self._lru if key not in protect), None)
-                if victim is None:
-                    raise StoreError(f"layer {layer}: the routed experts of one ubatch do not fit the expert budget "
-                                     f"of {human(self.budget)} (n_ubatch {self.n_ubatch})")
-                self._evict(victim)
-            self._read(layer, e)
             self._resident.add((layer, e))
-            self.resident_cost += need
+            self.resident_cost += self.cost[e]
             if e not in pinned:
                 self._lru[(layer, e)] = None
         self.peak_cost = max(self.peak_cost, self.resident_cost)
 
-    def _read(self, layer: int, e: int) -> None:
+    def _read(self, layer: int, experts: list[int]) -> None:
+        """Every slice of these experts, READ_LANES preads at a time (the flash's queue is deeper than one)."""
+        if not experts:
+            return
         start = time.perf_counter()
-        for p in PROJECTIONS:
-            t = self.tensors[expert_tensor_name(layer, p)]
-            offset, fd = t.offset + e * t.stride, self._fds[t.path]
-            _pread_into(fd, t.reservation + e * t.stride, t.stride, offset, f"{t.path}: {t.name} expert {e}")
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, offset, t.stride, os.POSIX_FADV_DONTNEED)  # the budget holds the only copy
-            self.counters.bytes_read += t.stride
+        slices = [(self.tensors[expert_tensor_name(layer, p)], e) for e in experts for p in PROJECTIONS]
+        list(self._lanes.map(self._read_slice, slices))
+        self.counters.bytes_read += sum(t.stride for t, _ in slices)
         self.counters.read_seconds += time.perf_counter() - start
+
+    def _read_slice(self, job: tuple[ExpertTensor, int]) -> None:
+        t, e = job
+        offset, fd = t.offset + e * t.stride, self._fds[t.path]
+        _pread_into(fd, t.reservation + e * t.stride, t.stride, offset, f"{t.path}: {t.name} expert {e}")
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, offset, t.stride, os.POSIX_FADV_DONTNEED)  # the budget holds the only copy
 
     def _evict(self, key: tuple[int, int]) -> None:
         layer, e = key
@@ -436,6 +446,9 @@ class LlamaExpertStore:
                 "original_mapping_released": self._released}
 
     def close(self) -> None:
+        lanes = getattr(self, "_lanes", None)
+        if lanes is not None:
+            lanes.shutdown()
         for t in self.tensors.values():
             LIBC.munmap(t.reservation, _round_up(t.nbytes))
         for b in getattr(self, "_bound", {}).values():

@@ -177,3 +177,48 @@ def test_the_cli_streams_with_a_budget(ggufs, tmp_path, capsys):
     code, stderr = edgeoss(capsys, "logits", ggufs["tiny"], "--engine", "onnxruntime", "--memory-budget", "1MiB",
                            "--tokens", "1", "--out", out)
     assert code == 2 and "--memory-budget: only the reference and llamacpp engines" in stderr
+
+
+def test_a_plan_for_the_store_runs_profiles_and_calibrates(ggufs, tmp_path):
+    """plan --engine llamacpp-stream -> profile with its settings -> plan --calibrate: the profile carries the
+    store's figures and the calibrated plan reproduces the measured decode speed."""
+    from dataclasses import replace
+
+    from edgeoss.planner.memory import kv_cache, weight_bytes
+    from edgeoss.planner.plan import PlanRequest, fit, load_calibration, make_plan, write_plan
+    from edgeoss.planner.predict import Calibration, Layout, predict
+    from edgeoss.planner.profiles import load_profile
+    from edgeoss.runtimes.llamacpp import options_from_stream_plan
+    from edgeoss.validate.profiler import profile
+
+    probe = LlamaCppEngine(ggufs["tiny"], n_ctx=64, memory_budget=1 << 30)
+    spec = probe.spec
+    probe.close()
+    device = replace(load_profile("pixel-9-pro"), platform="linux")
+    request = PlanRequest(spec, device, 256, engine="llamacpp-stream", prompt_tokens=32)
+    everything = fit(request).memory
+    fixed = everything["ram_bytes"] - everything["resident_expert_bytes"]
+    slot = make_plan(request)["model"]["expert_slot_bytes"]
+    budget = fixed + max(128 << 20, 0) + 12 * slot  # the reserve is 128 MiB here: 12 expert slots of 32
+    request = request.replace(device=replace(device, app_budget_bytes=budget))
+    plan = make_plan(request)
+    assert plan["fits"] and not plan["fits_in_ram"] and plan["experts"]["cache_slots"] >= 2
+    path = write_plan(tmp_path / "plan.json", plan)
+    options = options_from_stream_plan(plan["engines"]["llamacpp_stream"], path)
+    result = profile("llamacpp", ggufs["tiny"], prompt_tokens=32, gen_tokens=24, runs=1, options=options).as_dict()
+    assert result["engine"] == "llamacpp-stream"
+    stats = result["engine_stats"]
+    assert stats["experts"]["misses"] > 0 and stats["decode_bytes_read_per_token"] > 0
+    assert stats["experts"]["budget_bytes"] == plan["experts"]["budget_bytes"]
+    assert stats["experts"]["pinned_experts"] == sum(map(len, plan["experts"]["pinned"].values()))
+    measured = tmp_path / "profile.json"
+    measured.write_text(json.dumps(result))
+    calibration = load_calibration(measured, request)
+    at = request.replace(calibration=calibration, context=32 + 24)
+    w = weight_bytes(spec, "bf16", "llamacpp-stream")
+    misses = stats["decode_bytes_read_per_token"] / w.expert  # the measured misses, as calibration reads them
+    layout = Layout(False, 0, misses, 512, reads_per_expert=3)
+    kv = kv_cache(spec, at.context, "f16", "llamacpp-stream")
+    predicted = predict(spec, w, kv, at.device, layout, 0, 1, calibration)
+    assert predicted.decode_tok_s == pytest.approx(result["decode_tok_s"]["median"], rel=1e-6)
+    assert calibration != Calibration()

@@ -47,15 +47,20 @@ def check_consistent(plan: dict) -> None:
     layers, experts = plan["model"]["layers"], plan["model"]["experts_per_layer"]
     pinned = sum(len(ids) for ids in e["pinned"].values())
     assert pinned + e["cache_slots"] == e["resident_slots"]
-    assert e["budget_bytes"] == e["resident_slots"] * plan["model"]["expert_bytes"]
+    assert e["budget_bytes"] == e["resident_slots"] * plan["model"]["expert_slot_bytes"]
     for layer in range(layers):
         order, ids = e["order"][str(layer)], e["pinned"][str(layer)]
         assert sorted(order) == list(range(experts))
         assert order[:len(ids)] == ids  # pinned first
         assert sorted(ids + e["on_flash"][str(layer)]) == list(range(experts))
-    if plan["engine"] == "reference":
+    if plan["engine"] in ("reference", "llamacpp-stream"):
         assert e["budget_bytes"] == m["resident_expert_bytes"]
         assert (e["cache_slots"] >= 1) == (e["resident_slots"] < layers * experts)
+    if plan["engine"] == "llamacpp-stream":  # the store holds one token's top-k beside what is pinned
+        stream = plan["engines"]["llamacpp_stream"]
+        assert stream["memory_budget"] == e["budget_bytes"] and stream["pinned"] == e["pinned"]
+        assert e["resident_slots"] == layers * experts or e["cache_slots"] >= plan["model"]["experts_per_token"]
+        assert 1 <= stream["n_ubatch"] <= 512
     p = plan["prediction"]
     assert 0 < p["decode_tok_s"] < math.inf and p["ttft_s"] > 0 and p["miss_bytes_per_token"] >= 0
     assert (p["misses_per_token"] == 0) == plan["fits_in_ram"]
@@ -129,9 +134,30 @@ def test_llamacpp_on_a_phone_does_not_fit_and_points_to_streaming():
     plan = plan_for("20b", "pixel-9-pro", engine="llamacpp")
     check_consistent(plan)
     assert not plan["fits"]
-    streaming = [a for a in plan["alternatives"] if a["flag"] == "--engine reference"]
-    assert streaming and streaming[0]["decode_tok_s"] > 0
+    streaming = {a["flag"]: a for a in plan["alternatives"]}
+    assert streaming["--engine reference"]["decode_tok_s"] > 0
+    assert streaming["--engine llamacpp-stream"]["decode_tok_s"] > 0
     assert "smallest change that fits" in plan["advice"][1]
+
+
+def test_llamacpp_with_its_expert_store_fits_a_phone_and_keeps_its_batching():
+    """llamacpp-stream: expert slots cost the pages their slices span, the F32 expert biases stay resident with
+    the dense weights, and enough cache slots hold a layer's routed union so prefill keeps n_ubatch 512."""
+    plan = plan_for("20b", "pixel-9-pro", engine="llamacpp-stream")
+    check_consistent(plan)
+    assert plan["fits"] and not plan["fits_in_ram"]
+    model, e = plan["model"], plan["experts"]
+    stride = 2880 * 2880 // 32 * 17  # one expert in one stacked GGUF tensor: 4,406,400 bytes
+    assert model["expert_bytes"] == 3 * stride
+    assert 3 * stride < model["expert_slot_bytes"] <= 3 * (stride + 2 * 4096)
+    fewest_pinned = min(len(ids) for ids in e["pinned"].values())
+    assert e["cache_slots"] >= 32 - fewest_pinned
+    assert plan["engines"]["llamacpp_stream"]["n_ubatch"] == 512
+    w = weight_bytes(preset("20b"), "bf16", "llamacpp-stream")
+    assert w.expert_biases == 24 * 32 * (2 * 2880 + 2880) * 4
+    plain = weight_bytes(preset("20b"), "bf16", "llamacpp")
+    assert w.dense + w.experts_total == plain.dense + plain.experts_total  # the same GGUF, split otherwise
+    assert plan["prediction"]["decode_tok_s"] > 0 and plan["engines"]["llamacpp"]["fits"] is False
 
 
 def test_llamacpp_gpu_split_on_an_8_gb_laptop():
@@ -264,7 +290,7 @@ def devices(draw) -> DeviceProfile:
 
 @settings(max_examples=60, deadline=None)
 @given(devices(), st.sampled_from(["tiny", "odd", "20b", "120b"]), st.integers(1, 131072),
-       st.sampled_from(["reference", "llamacpp"]), st.sampled_from(["f32", "bf16", "q8_0"]),
+       st.sampled_from(["reference", "llamacpp", "llamacpp-stream"]), st.sampled_from(["f32", "bf16", "q8_0"]),
        st.sampled_from(["f16", "q8_0"]))
 def test_plans_never_exceed_the_budget(device, model, context, engine, dense_type, kv_type):
     spec = preset(model)

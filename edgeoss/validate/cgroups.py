@@ -106,6 +106,54 @@ def find_memory_controller() -> MemoryController:
     raise CgroupUnavailable("; ".join(problems) or "no memory cgroup controller is mounted for this process")
 
 
+def own_peak_file() -> Path | None:
+    """The peak-charge file of the memory cgroup this process runs in (a leaf edgeoss made, say), or None."""
+    try:
+        own, mounts = _own_paths(), _mounts()
+    except OSError:
+        return None
+    for root, point, fstype, options in mounts:
+        if fstype == "cgroup2" and "" in own:
+            where = _inside(root, point, own[""])
+            if where is not None and (where / "memory.peak").is_file():
+                return where / "memory.peak"
+        elif fstype == "cgroup" and "memory" in options and "memory" in own:
+            where = _inside(root, point, own["memory"])
+            if where is not None and (where / "memory.max_usage_in_bytes").is_file():
+                return where / "memory.max_usage_in_bytes"
+    return None
+
+
+class PeakWindow:
+    """The peak charge of this process's own memory cgroup, restartable: to measure a run's peak after its load
+    (whose page-cache traffic, e.g. llama.cpp's MAP_POPULATE of the whole file, would otherwise set the peak).
+    v1 resets memory.max_usage_in_bytes for everyone; v2 (Linux 6.12+) restarts memory.peak for this open file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR)
+
+    @classmethod
+    def of_this_process(cls) -> "PeakWindow | None":
+        path = own_peak_file()
+        try:
+            return cls(path) if path is not None else None
+        except OSError:
+            return None
+
+    def read(self) -> int:
+        return int(os.pread(self._fd, 64, 0).split()[0])
+
+    def restart(self) -> int:
+        """The peak so far; then the window starts again at the current charge."""
+        before = self.read()
+        os.write(self._fd, b"0")
+        return before
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def _read_int(path: Path) -> int:
     text = path.read_text().strip()
     return 1 << 63 if text == "max" else int(text)

@@ -53,6 +53,9 @@ class ProfileResult:
     disk_read_bytes: int  # during load and all runs
     disk_read_bytes_per_decode_token: float
     engine_stats: dict[str, Any] = field(default_factory=dict)
+    # inside a memory cgroup with split_peak: its peak charge up to the end of the warm-up (the load), and after
+    load_peak_bytes: int | None = None
+    run_peak_bytes: int | None = None
     machine: dict[str, Any] = field(default_factory=dict)
     projection: dict[str, Any] = field(default_factory=dict)  # onto a device profile, when one was named
 
@@ -139,8 +142,12 @@ def project(spec: ModelSpec, device_name: str, engine_name: str, stats: dict, fl
 
 
 def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, gen_tokens: int = 128, runs: int = 3,
-            options: dict[str, Any] | None = None, warmup: bool = True, device: str | None = None) -> ProfileResult:
+            options: dict[str, Any] | None = None, warmup: bool = True, device: str | None = None,
+            split_peak: bool = False) -> ProfileResult:
+    """split_peak: inside a memory cgroup, report its peak charge up to the end of the load and warm-up and the
+    peak of the measured runs after it apart (`load_peak_bytes`, `run_peak_bytes`)."""
     from ..runtimes.engine import load_engine
+    from .cgroups import PeakWindow
 
     options = dict(options or {})
     if engine_name == "llamacpp":
@@ -160,6 +167,8 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
                 row = engine.prefill(prompt[:16])[-1]
                 for _ in range(2):
                     row = engine.step(int(row.argmax()))
+            window = PeakWindow.of_this_process() if split_peak else None
+            load_peak = window.restart() if window else None
             ttft, prefill, decode = [], [], []
             read_decode = 0
             for _ in range(runs):
@@ -177,6 +186,9 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
                 decode.append(gen_tokens / (time.perf_counter() - t2))
                 read_decode += disk_read_bytes() - r0
             stats = engine.stats()
+            run_peak = window.read() if window else None
+            if window:
+                window.close()
         finally:
             engine.close()
     return ProfileResult(
@@ -186,7 +198,7 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
         rss_before_load_bytes=rss_before, rss_after_load_bytes=rss_after_load,
         disk_read_bytes=disk_read_bytes() - read_before,
         disk_read_bytes_per_decode_token=read_decode / max(1, runs * gen_tokens),
-        engine_stats=stats, machine=machine_description(),
+        engine_stats=stats, load_peak_bytes=load_peak, run_peak_bytes=run_peak, machine=machine_description(),
         projection=project(engine.spec, device, getattr(engine, "name", engine_name), stats, _flash_per_token(stats, read_decode, runs,
                                                                                      gen_tokens),
                            prompt_tokens + gen_tokens) if device else {})
