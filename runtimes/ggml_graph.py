@@ -98,6 +98,8 @@ def routed_ids(t: GGMLTensor) -> np.ndarray:
     if t.type != TYPE_I32:
         raise GraphLayoutError(f"{t.name.decode()}: expected int32 expert ids, got ggml type {t.type}")
     k, tokens = int(t.ne[0]), int(t.ne[1])
+    if tokens == 0:
+        return np.zeros((0, k), dtype=np.int32)
     span = (tokens - 1) * int(t.nb[1]) + k * int(t.nb[0])
     buffer = (ctypes.c_char * span).from_address(t.data)
     return np.ndarray((tokens, k), dtype=np.int32, buffer=buffer, strides=(int(t.nb[1]), int(t.nb[0]))).copy()

@@ -222,3 +222,22 @@ def test_a_plan_for_the_store_runs_profiles_and_calibrates(ggufs, tmp_path):
     predicted = predict(spec, w, kv, at.device, layout, 0, 1, calibration)
     assert predicted.decode_tok_s == pytest.approx(result["decode_tok_s"]["median"], rel=1e-6)
     assert calibration != Calibration()
+
+
+def test_last_logits_only_through_many_ubatches(ggufs):
+    """As an app runs it (logits for the last position only), a prompt split into one-token ubatches."""
+    ids = tokens(12)
+    probe = LlamaCppEngine(ggufs["odd"], n_ctx=64, memory_budget=1 << 30)
+    cost, k = expert_cost(probe), probe.spec.num_experts_per_tok
+    probe.close()
+    engine = LlamaCppEngine(ggufs["odd"], n_ctx=64, memory_budget=k * cost, logits_all=False)
+    plain = LlamaCppEngine(ggufs["odd"], n_ctx=64, repack=False, n_ubatch=1, logits_all=False)
+    try:
+        assert engine.options["n_ubatch"] == 1
+        got, expected = engine.prefill(ids), plain.prefill(ids)
+        assert got.shape == (1, engine.spec.vocab_size) and np.array_equal(got, expected)
+        s = engine.stats()["experts"]
+        assert s["hits"] + s["misses"] == k * engine.spec.num_hidden_layers * len(ids)
+    finally:
+        engine.close()
+        plain.close()

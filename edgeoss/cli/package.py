@@ -41,9 +41,12 @@ def _summary(report) -> None:
 @click.option("--max-file-size", metavar="SIZE", help="largest GGUF file (e.g. 2GiB), below the device's own limit")
 @click.option("--dense-type", type=click.Choice(["bf16", "f16", "f32", "q8_0"]), default="bf16", show_default=True,
               help="storage of the non-expert matrices when exporting a checkpoint (a GGUF keeps its own)")
+@click.option("--engine", type=click.Choice(["auto", "llamacpp", "llamacpp-stream"]), default="auto",
+              show_default=True, help="llamacpp: every expert resident; llamacpp-stream: experts stream from the GGUF "
+                                      "through the app's expert store; auto: the first when it fits, else the second")
 @click.option("--force", is_flag=True, help="replace OUT if it exists")
 def android(source: Path, device: str, out_dir: Path, context: int | None, max_file_size: str | None, dense_type: str,
-            force: bool) -> None:
+            engine: str, force: bool) -> None:
     """Bundle a checkpoint or a GGUF for llama.cpp on an Android device.
 
     SOURCE is a checkpoint folder (exported straight into the bundle) or a .gguf (hard-linked, or re-split when
@@ -55,10 +58,17 @@ def android(source: Path, device: str, out_dir: Path, context: int | None, max_f
 
     limit = parse_size(max_file_size) if max_file_size is not None else None
     report, plan = package_android(source, out_dir, device=device, context=context or DEFAULT_CONTEXT,
-                                   max_file_size=limit, dense_type=dense_type, force=force)
+                                   max_file_size=limit, dense_type=dense_type, engine=engine, force=force)
     if not plan["fits"]:
         for line in plan["advice"]:
             err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    else:
+        predicted = plan["prediction"]
+        how = "streaming experts (the app's expert store)" if plan["engine"] == "llamacpp-stream" else \
+            "every expert resident"
+        err.print(f"the plan fits {escape(plan['device']['name'])} with {how}: {predicted['decode_tok_s']:.2f} tok/s "
+                  f"decode predicted, TTFT {predicted['ttft_s']:.1f} s for {predicted['prompt_tokens']} tokens",
+                  highlight=False, soft_wrap=True)
     _summary(report)
 
 

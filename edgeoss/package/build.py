@@ -261,20 +261,59 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
 
 
 # ---- Android ------------------------------------------------------------------------------------------------------
-def android_plan(spec: ModelSpec, device: DeviceProfile, context: int, dense_type: str, source_name: str) \
-        -> tuple[dict, dict]:
-    """(plan.json content, llama.cpp settings) for the device: the planner's fit for llama.cpp, and the settings
-    that realize it (given even when the plan does not fit, so that the bundle still says how to run)."""
+ANDROID_ENGINES = ("auto", "llamacpp", "llamacpp-stream")
+
+
+def android_plan(spec: ModelSpec, device: DeviceProfile, context: int, dense_type: str, source_name: str,
+                 engine: str = "auto") -> tuple[dict, dict]:
+    """(plan.json content, llama.cpp settings) for the device. auto: llama.cpp with every expert resident when that
+    fits, else llama.cpp with edgeoss's expert store (experts stream from the GGUF within the plan's budget) when
+    that fits, else the plain plan, which says why nothing fits; or the engine asked for. Settings are given
+    even when the plan does not fit, so that the bundle still says how to run."""
     from edgeoss.planner.plan import PlanRequest, llamacpp_settings, make_plan
 
+    if engine not in ANDROID_ENGINES:
+        raise UsageError(f"engine {engine!r}: choose from {', '.join(ANDROID_ENGINES)}")
     request = PlanRequest(spec, device, context, model_source=source_name, engine="llamacpp",
                           dense_type=dense_type)
-    return make_plan(request), llamacpp_settings(request)
+    plan = make_plan(request) if engine != "llamacpp-stream" else None
+    if engine != "llamacpp" and (plan is None or not plan["fits"]):
+        streaming = make_plan(request.replace(engine="llamacpp-stream"))
+        if streaming["fits"] or engine == "llamacpp-stream":
+            return streaming, streaming["engines"]["llamacpp_stream"] or llamacpp_settings(request)
+    return plan, llamacpp_settings(request)
+
+
+def android_engine(settings: dict, plan: dict, model_file: str, first_gguf: Path, spec: ModelSpec) -> dict:
+    """The manifest's "engine" object: llama.cpp's load and context settings, and for a streaming plan the expert
+    store's (budget, the pinned experts as the GGUF stores them, cache slots, ubatch)."""
+    stream = plan["engine"] == "llamacpp-stream" and plan["fits"]
+    fields = {"name": "llama.cpp", "model_file": model_file,
+              "settings": {"n_ctx": settings["n_ctx"], "n_threads": settings["n_threads"],
+                           "n_gpu_layers": 0 if stream else settings["n_gpu_layers"], "use_mmap": settings["use_mmap"],
+                           "use_mlock": False if stream else settings["use_mlock"],
+                           "n_batch": 512 if stream else settings["n_ubatch"],
+                           "flash_attn": settings["flash_attn"]},
+              "expert_store": None, "flags": ["-m", model_file]}
+    if not stream:
+        fields["flags"] += settings["flags"]
+        return fields
+    from edgeoss.formats.ggml_gguf import read_metadata
+    from edgeoss.formats.gguf_meta import stored_expert_ids
+
+    pinned = {int(layer): ids for layer, ids in plan["experts"]["pinned"].items()}
+    stored = stored_expert_ids(read_metadata(first_gguf), pinned, spec)
+    fields["expert_store"] = {"budget_bytes": settings["memory_budget"], "cache_slots": settings["cache_slots"],
+                              "n_ubatch": settings["n_ubatch"],
+                              "pinned": {str(layer): list(ids) for layer, ids in sorted(stored.items())}}
+    fields["flags"] += ["-c", str(settings["n_ctx"]), "-t", str(settings["n_threads"]), "-fa", "on", "-ctk",
+                        settings["type_k"], "-ctv", settings["type_v"], "--no-repack"]
+    return fields
 
 
 def package_android(source: str | Path, out: str | Path, *, device: str, context: int = DEFAULT_CONTEXT,
-                    max_file_size: int | None = None, dense_type: str = "bf16", force: bool = False,
-                    progress: bool | None = None) -> tuple[PackageReport, dict]:
+                    max_file_size: int | None = None, dense_type: str = "bf16", engine: str = "auto",
+                    force: bool = False, progress: bool | None = None) -> tuple[PackageReport, dict]:
     """Bundle a checkpoint folder (exported here) or a GGUF (hard-linked, or re-split when a file is larger than
     the device accepts) for llama.cpp on an Android device. `max_file_size` lowers the device's file limit.
     Returns the report and the plan (which may say the model does not fit the device)."""
@@ -291,18 +330,14 @@ def package_android(source: str | Path, out: str | Path, *, device: str, context
     report = PackageReport(out, "android")
     with atomic_dir(out, overwrite=force) as folder:
         spec, files, dense_type = android_model(source, folder, limit, dense_type, report, progress)
-        plan, settings = android_plan(spec, profile, context, dense_type, source.name)
+        plan, settings = android_plan(spec, profile, context, dense_type, source.name, engine)
         write_plan(folder / PLAN_FILE, plan)
         model_file = files[0].name
         fields = {
             "model": model_fields(spec), "context": context, "plan": PLAN_FILE,
-            "memory": {"min_free_ram_bytes": settings["ram_bytes"] + plan["memory"]["reserve_bytes"],
+            "memory": {"min_free_ram_bytes": plan["memory"]["ram_bytes"] + plan["memory"]["reserve_bytes"],
                        "app_budget_bytes": profile.app_budget_bytes},
-            "engine": {"name": "llama.cpp", "model_file": model_file,
-                       "settings": {"n_ctx": settings["n_ctx"], "n_threads": settings["n_threads"],
-                                    "n_gpu_layers": settings["n_gpu_layers"], "use_mmap": settings["use_mmap"],
-                                    "use_mlock": settings["use_mlock"], "n_batch": settings["n_ubatch"]},
-                       "flags": ["-m", model_file, *settings["flags"]]},
+            "engine": android_engine(settings, plan, model_file, files[0], spec),
             **add_tokenizer(folder)}
         _finish(folder, report, fields, lambda: android_readme(folder, fields, profile.name, limit), progress)
     return report, plan
@@ -381,6 +416,11 @@ def android_readme(folder: Path, manifest: dict[str, Any], device: str, max_file
         f"With llama.cpp's own tools built for arm64-v8a and pushed to /data/local/tmp, using the manifest's "
         f"engine flags (`{engine['model_file']}` is the first shard; llama.cpp opens the others itself):",
         f"    adb shell 'cd {ANDROID_DIRS[0]} && /data/local/tmp/llama-cli {flags} --jinja'",
+        *([f"This plan streams experts from the GGUF: the demo app's expert store keeps "
+           f"{human(engine['expert_store']['budget_bytes'])} of them in RAM (the plan's pinned experts and "
+           f"{engine['expert_store']['cache_slots']} cache slots) and reads the rest as they are routed. llama.cpp's "
+           "own tools have no such store: they map every expert and need the whole model's RAM."]
+          if engine.get("expert_store") else []),
         "## Files",
         _file_table(folder),
     ]

@@ -1,14 +1,18 @@
 // JNI bridge between the demo's Kotlin code (org.edgeoss.demo.LlamaEngine) and llama.cpp: load the
-// bundle's GGUF memory-mapped, run one harmony prompt, stream each sampled token's bytes to Kotlin.
+// bundle's GGUF memory-mapped, run one harmony prompt, stream each sampled token's id and bytes to Kotlin.
+// With an expert budget the experts stream from the file through the expert store (expert_store.h).
 #include <jni.h>
 #include <android/log.h>
 
 #include <algorithm>
 #include <climits>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "expert_store.h"
 #include "ggml-backend.h"
 #include "llama-cpp.h"
 #include "llama.h"
@@ -25,6 +29,7 @@ constexpr llama_token kCall = 200012;    // <|call|>: the model calls a tool
 // channel; Kotlin's HarmonyStream decides that and the sink then returns false.
 
 struct Session {
+    std::unique_ptr<edgeoss::ExpertStore> store;  // declared first: destroyed last (the model points into it)
     llama_model_ptr model;
     llama_context_ptr ctx;  // declared after model: destroyed first
     int n_batch;
@@ -71,6 +76,13 @@ std::string piece(const llama_vocab *vocab, llama_token token) {
     return out;
 }
 
+// The store stops the graph when it fails (it cannot throw through llama.cpp): raise its message in Java.
+bool store_ok(JNIEnv *env, const Session *session) {
+    if (!session->store || session->store->error().empty()) return true;
+    throw_java(env, "java/lang/IllegalStateException", "expert store: " + session->store->error());
+    return false;
+}
+
 }  // namespace
 
 extern "C" JNIEXPORT void JNICALL
@@ -85,34 +97,78 @@ Java_org_edgeoss_demo_LlamaEngine_nativeInit(JNIEnv *env, jobject, jstring nativ
     });
 }
 
+// expert_budget > 0: stream experts within that many bytes, pinning pinned_pairs (layer, stored id, ...);
+// n_ubatch > 0 caps the store's ubatch. flash_attn: llama.cpp's -fa on (else off).
 extern "C" JNIEXPORT jlong JNICALL
 Java_org_edgeoss_demo_LlamaEngine_nativeLoad(JNIEnv *env, jobject, jstring jpath, jint n_ctx, jint n_threads,
                                              jint n_gpu_layers, jboolean use_mmap, jboolean use_mlock,
-                                             jint n_batch) {
+                                             jint n_batch, jboolean flash_attn, jlong expert_budget,
+                                             jintArray pinned_pairs, jint n_ubatch) {
     const std::string path = to_string(env, jpath);
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = n_gpu_layers;
     // mmap: the weights stay in the pushed file and the page cache, never in app storage or the heap.
     mp.load_mode = use_mmap ? (use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
                             : (use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t) n_ctx;
+    cp.n_batch = (uint32_t) n_batch;
+    cp.n_ubatch = (uint32_t) n_batch;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
+    cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+
+    std::unique_ptr<edgeoss::ExpertStore> store;
+    if (expert_budget > 0) {
+        std::map<int, std::vector<int>> pinned;
+        if (pinned_pairs) {
+            std::vector<jint> flat((size_t) env->GetArrayLength(pinned_pairs));
+            env->GetIntArrayRegion(pinned_pairs, 0, (jsize) flat.size(), flat.data());
+            for (size_t i = 0; i + 1 < flat.size(); i += 2) pinned[flat[i]].push_back(flat[i + 1]);
+        }
+        std::string error;
+        store = edgeoss::ExpertStore::open(path, expert_budget, pinned, &error);
+        if (!store) {
+            throw_java(env, "java/lang/IllegalArgumentException", error);
+            return 0;
+        }
+        mp.load_mode = LLAMA_LOAD_MODE_MMAP;  // the experts' bytes stay the file's: no repacked copy
+        mp.use_extra_bufts = false;
+        mp.n_gpu_layers = 0;
+        cp.cb_eval = edgeoss::ExpertStore::eval_callback;
+        cp.cb_eval_user_data = store.get();
+        cp.n_ubatch = (uint32_t) std::min(store->n_ubatch(), n_ubatch > 0 ? (int) n_ubatch : n_batch);
+    }
     llama_model_ptr model(llama_model_load_from_file(path.c_str(), mp));
     if (!model) {
         throw_java(env, "java/io/IOException", "llama.cpp could not load " + path + " (logcat tag: edgeoss)");
         return 0;
     }
-
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t) n_ctx;
-    cp.n_batch = (uint32_t) n_batch;
-    cp.n_threads = n_threads;
-    cp.n_threads_batch = n_threads;
     llama_context_ptr ctx(llama_init_from_model(model.get(), cp));
     if (!ctx) {
         throw_java(env, "java/lang/IllegalStateException",
                    "llama.cpp could not create a " + std::to_string(n_ctx) + "-token context (logcat tag: edgeoss)");
         return 0;
     }
-    return reinterpret_cast<jlong>(new Session{std::move(model), std::move(ctx), n_batch});
+    return reinterpret_cast<jlong>(new Session{std::move(store), std::move(model), std::move(ctx), n_batch});
+}
+
+// The expert store's counters: hits, misses, bytes read, read ns, resident bytes, peak bytes, budget,
+// evictions, pinned experts, slots, n_ubatch, resident pages (mincore), bytes per miss; all 0 without a store.
+extern "C" JNIEXPORT jlongArray JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeStoreStats(JNIEnv *env, jobject, jlong handle) {
+    const auto *session = reinterpret_cast<Session *>(handle);
+    jlong values[13] = {0};
+    if (const edgeoss::ExpertStore *s = session->store.get()) {
+        const edgeoss::StoreCounters &c = s->counters();
+        const jlong all[13] = {c.hits, c.misses, c.bytes_read, c.read_ns, s->resident_bytes(), s->peak_bytes(),
+                               s->budget_bytes(), c.evictions, s->pinned_experts(), s->slots(), s->n_ubatch(),
+                               s->resident_pages_bytes(), s->expert_bytes()};
+        std::copy(all, all + 13, values);
+    }
+    jlongArray out = env->NewLongArray(13);
+    env->SetLongArrayRegion(out, 0, 13, values);
+    return out;
 }
 
 extern "C" JNIEXPORT jint JNICALL
@@ -137,17 +193,21 @@ Java_org_edgeoss_demo_LlamaEngine_nativeGenerate(JNIEnv *env, jobject, jlong han
     llama_memory_clear(llama_get_memory(ctx), false);
     for (size_t i = 0; i < tokens.size(); i += session->n_batch) {
         const int n = std::min<int>(session->n_batch, (int) (tokens.size() - i));
-        if (llama_decode(ctx, llama_batch_get_one(tokens.data() + i, n)) != 0) {
-            throw_java(env, "java/lang/IllegalStateException", "llama_decode failed on the prompt");
+        if (llama_decode(ctx, llama_batch_get_one(tokens.data() + i, n)) != 0 || !store_ok(env, session)) {
+            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed on the prompt");
             return 0;
         }
     }
 
     llama_sampler_ptr sampler(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    llama_sampler_chain_add(sampler.get(), llama_sampler_init_temp(temperature));
-    llama_sampler_chain_add(sampler.get(), llama_sampler_init_dist(LLAMA_DEFAULT_SEED));
+    if (temperature <= 0) {
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_greedy());
+    } else {
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_temp(temperature));
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_dist(LLAMA_DEFAULT_SEED));
+    }
 
-    const jmethodID on_token = env->GetMethodID(env->GetObjectClass(sink), "onToken", "([B)Z");
+    const jmethodID on_token = env->GetMethodID(env->GetObjectClass(sink), "onToken", "(I[B)Z");
     int n_past = (int) tokens.size();
     int generated = 0;
     while (n_past < n_ctx) {
@@ -155,12 +215,12 @@ Java_org_edgeoss_demo_LlamaEngine_nativeGenerate(JNIEnv *env, jobject, jlong han
         const std::string bytes = piece(vocab, token);
         jbyteArray jbytes = env->NewByteArray((jsize) bytes.size());
         env->SetByteArrayRegion(jbytes, 0, (jsize) bytes.size(), reinterpret_cast<const jbyte *>(bytes.data()));
-        const jboolean keep_going = env->CallBooleanMethod(sink, on_token, jbytes);
+        const jboolean keep_going = env->CallBooleanMethod(sink, on_token, (jint) token, jbytes);
         env->DeleteLocalRef(jbytes);
         generated++;
         if (env->ExceptionCheck() || !keep_going || token == kReturn || token == kCall) break;
-        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0) {
-            throw_java(env, "java/lang/IllegalStateException", "llama_decode failed while generating");
+        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0 || !store_ok(env, session)) {
+            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed while generating");
             break;
         }
         n_past++;

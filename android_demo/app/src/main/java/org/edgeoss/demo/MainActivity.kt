@@ -21,6 +21,7 @@ import org.edgeoss.core.HarmonyStream
 import org.edgeoss.core.MemoryDecision
 import org.edgeoss.core.ModelBundle
 import org.edgeoss.core.ReasoningEffort
+import org.edgeoss.core.StoreStats
 import org.edgeoss.core.TokenTimer
 import org.edgeoss.core.Utf8Stream
 
@@ -122,13 +123,17 @@ class MainActivity : Activity() {
         val m = bundle.manifest
         val threads = minOf(m.settings.nThreads, Runtime.getRuntime().availableProcessors())
         val llama = engine ?: LlamaEngine(applicationInfo.nativeLibraryDir).also { engine = it }
-        llama.load(bundle.modelPath().toString(), m.settings, threads)
+        llama.load(bundle.modelPath().toString(), m.settings, threads, m.expertStore)
         val lines = mutableListOf(
             String.format(Locale.ROOT, "%s: %.1fB parameters, %.1fB active, context %d, %d threads",
                 m.modelName, m.paramsTotal / 1e9, m.paramsActive / 1e9, m.settings.nCtx, threads),
             if (hashes) "files: sizes and SHA-256 match the manifest" else "files: sizes match (SHA-256 not checked)",
             memory.message,
         )
+        m.expertStore?.let { store ->
+            lines += String.format(Locale.ROOT, "experts stream from flash: %.1f GB held (%d pinned, %d cache slots)",
+                store.budgetBytes / 1e9, store.pinnedExperts(), store.cacheSlots)
+        }
         bundle.plan?.let { plan ->
             lines += "plan for ${plan.deviceName}, context ${plan.context}: " +
                 "predicted ${fmt("%.1f tok/s", plan.decodeTokensPerSecond)}, " +
@@ -164,12 +169,14 @@ class MainActivity : Activity() {
             val stream = HarmonyStream()
             val utf8 = Utf8Stream()
             val timer = TokenTimer()
+            val llama = engine!!
+            val storeBefore = llama.storeStats()
             timer.start(System.nanoTime())
             val error = try {
-                engine!!.generate(text, TEMPERATURE) { piece ->
+                llama.generate(text, TEMPERATURE) { _, piece ->
                     stream.feed(utf8.decode(piece))
                     timer.onToken(System.nanoTime())
-                    show(stream, timer)
+                    show(stream, timer, storeBefore?.let { before -> llama.storeStats()?.since(before) })
                     !stream.isComplete && !stopRequested.get()
                 }
                 null
@@ -178,7 +185,7 @@ class MainActivity : Activity() {
             }
             stream.feed(utf8.finish())
             stream.finish()
-            show(stream, timer)
+            show(stream, timer, storeBefore?.let { before -> llama.storeStats()?.since(before) })
             ui {
                 generating = false
                 runButton.text = getString(R.string.run)
@@ -188,15 +195,16 @@ class MainActivity : Activity() {
         }
     }
 
-    /** Posts the channels and speed so far (worker thread). */
-    private fun show(stream: HarmonyStream, timer: TokenTimer) {
+    /** Posts the channels, speed and (when experts stream) the store's hit rate and reads so far (worker thread). */
+    private fun show(stream: HarmonyStream, timer: TokenTimer, store: StoreStats?) {
         val a = stream.analysis()
         val f = stream.finalText()
-        val s = listOf(
+        val s = listOfNotNull(
             stream.currentChannel() ?: "–",
             "${timer.tokens()} tokens",
             "first after ${fmt("%.2f s", timer.ttftSeconds())}",
             fmt("%.1f tok/s", timer.decodeTokensPerSecond()),
+            store?.summary(timer.tokens().toLong()),
         ).joinToString(" · ")
         ui {
             analysis.text = a

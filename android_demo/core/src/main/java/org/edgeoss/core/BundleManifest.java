@@ -35,14 +35,66 @@ public final class BundleManifest {
         public final boolean useMmap;
         public final boolean useMlock;
         public final int nBatch;
+        public final boolean flashAttn;
 
-        EngineSettings(int nCtx, int nThreads, int nGpuLayers, boolean useMmap, boolean useMlock, int nBatch) {
+        EngineSettings(int nCtx, int nThreads, int nGpuLayers, boolean useMmap, boolean useMlock, int nBatch,
+                       boolean flashAttn) {
             this.nCtx = nCtx;
             this.nThreads = nThreads;
             this.nGpuLayers = nGpuLayers;
             this.useMmap = useMmap;
             this.useMlock = useMlock;
             this.nBatch = nBatch;
+            this.flashAttn = flashAttn;
+        }
+    }
+
+    /**
+     * engine.expert_store: the plan streams experts from the GGUF within {@code budgetBytes}, pinning
+     * {@code pinned} (layer, stored expert id pairs, flattened) and keeping {@code cacheSlots} LRU slots; the
+     * ubatch is at most {@code nUbatch}. Null in a manifest whose plan keeps every expert resident.
+     */
+    public static final class ExpertStoreSettings {
+        public final long budgetBytes;
+        public final int cacheSlots;
+        public final int nUbatch;
+        public final int[] pinned;
+
+        ExpertStoreSettings(long budgetBytes, int cacheSlots, int nUbatch, int[] pinned) {
+            this.budgetBytes = budgetBytes;
+            this.cacheSlots = cacheSlots;
+            this.nUbatch = nUbatch;
+            this.pinned = pinned;
+        }
+
+        public int pinnedExperts() {
+            return pinned.length / 2;
+        }
+
+        static ExpertStoreSettings parse(Json.Obj s) throws BundleException {
+            long budget = s.lng("budget_bytes");
+            if (budget <= 0) throw s.fail("budget_bytes", "must be positive");
+            int slots = s.integer("cache_slots", 0);
+            int ubatch = s.integer("n_ubatch", 512);
+            if (slots < 0) throw s.fail("cache_slots", "must not be negative");
+            if (ubatch <= 0) throw s.fail("n_ubatch", "must be positive");
+            Json.Obj pinned = s.objOrEmpty("pinned");
+            List<Integer> flat = new ArrayList<>();
+            for (String layer : pinned.keys()) {
+                int l;
+                try {
+                    l = Integer.parseInt(layer);
+                } catch (NumberFormatException e) {
+                    throw pinned.fail(layer, "is not a layer number");
+                }
+                if (l < 0) throw pinned.fail(layer, "is not a layer number");
+                for (long id : pinned.longs(layer)) {
+                    if (id < 0 || id > Integer.MAX_VALUE) throw pinned.fail(layer, "holds an expert id out of range");
+                    flat.add(l);
+                    flat.add((int) id);
+                }
+            }
+            return new ExpertStoreSettings(budget, slots, ubatch, flat.stream().mapToInt(Integer::intValue).toArray());
         }
     }
 
@@ -54,12 +106,15 @@ public final class BundleManifest {
     public final long minFreeRamBytes;
     public final String modelFile;
     public final EngineSettings settings;
+    /** The expert store's settings, or null when the plan keeps every expert resident. */
+    public final ExpertStoreSettings expertStore;
     /** Relative path of plan.json, or null when the manifest names none. */
     public final String planFile;
 
     private BundleManifest(String modelName, long paramsTotal, long paramsActive, int context,
                            List<FileEntry> files, long minFreeRamBytes,
-                           String modelFile, EngineSettings settings, String planFile) {
+                           String modelFile, EngineSettings settings, ExpertStoreSettings expertStore,
+                           String planFile) {
         this.modelName = modelName;
         this.paramsTotal = paramsTotal;
         this.paramsActive = paramsActive;
@@ -68,6 +123,7 @@ public final class BundleManifest {
         this.minFreeRamBytes = minFreeRamBytes;
         this.modelFile = modelFile;
         this.settings = settings;
+        this.expertStore = expertStore;
         this.planFile = planFile;
     }
 
@@ -110,11 +166,17 @@ public final class BundleManifest {
         Json.Obj s = engine.objOrEmpty("settings");
         EngineSettings settings = new EngineSettings(
                 s.integer("n_ctx", context), s.integer("n_threads", 4), s.integer("n_gpu_layers", 0),
-                s.bool("use_mmap", true), s.bool("use_mlock", false), s.integer("n_batch", 512));
+                s.bool("use_mmap", true), s.bool("use_mlock", false), s.integer("n_batch", 512),
+                s.bool("flash_attn", false));
+        ExpertStoreSettings store = engine.has("expert_store")
+                ? ExpertStoreSettings.parse(engine.obj("expert_store")) : null;
+        if (store != null && !settings.useMmap) {
+            throw engine.fail("expert_store", "needs use_mmap: the store streams experts from the mapped file");
+        }
 
         String planFile = root.has("plan") ? root.str("plan") : null;
         return new BundleManifest(model.str("name"), model.lng("params_total", 0), model.lng("params_active", 0),
-                context, files, minFree, modelFile, settings, planFile);
+                context, files, minFree, modelFile, settings, store, planFile);
     }
 
     private static List<FileEntry> files(Json.Obj root) throws BundleException {

@@ -261,6 +261,23 @@ public final class Json {
             return has(key) ? bool(key) : fallback;
         }
 
+        /** The keys present (in file order). */
+        public List<String> keys() {
+            return new ArrayList<>(map.keySet());
+        }
+
+        /** Each element of an array of integers. */
+        public List<Long> longs(String key) throws BundleException {
+            List<?> list = (List<?>) require(key, List.class, "an array");
+            List<Long> out = new ArrayList<>();
+            for (int i = 0; i < list.size(); i++) {
+                Object item = list.get(i);
+                if (!(item instanceof Long)) throw fail(key + "[" + i + "]", "must be an integer");
+                out.add((Long) item);
+            }
+            return out;
+        }
+
         /** Each element of an array of objects. */
         public List<Obj> objects(String key) throws BundleException {
             List<?> list = (List<?>) require(key, List.class, "an array");

@@ -1,7 +1,9 @@
 package org.edgeoss.core;
 
+import static org.junit.Assert.assertArrayEquals;
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertFalse;
+import static org.junit.Assert.assertNull;
 import static org.junit.Assert.assertThrows;
 import static org.junit.Assert.assertTrue;
 
@@ -35,6 +37,44 @@ public class BundleManifestTest {
         assertFalse(m.settings.useMlock);
         assertEquals(512, m.settings.nBatch);
         assertEquals("plan.json", m.planFile);
+    }
+
+    @Test
+    public void aPlanThatKeepsEveryExpertResidentHasNoStore() throws Exception {
+        BundleManifest m = BundleManifest.parse(good());
+        assertNull(m.expertStore);
+        assertFalse(m.settings.flashAttn);
+    }
+
+    private static String streaming(String store) throws Exception {
+        return good().replace("\"n_batch\": 512},", "\"n_batch\": 512, \"flash_attn\": true},\n  \"expert_store\": "
+                + store + ",");
+    }
+
+    @Test
+    public void parsesTheExpertStore() throws Exception {
+        BundleManifest m = BundleManifest.parse(streaming("{\"budget_bytes\": 6800000000, \"cache_slots\": 10,"
+                + " \"n_ubatch\": 512, \"pinned\": {\"0\": [0, 1, 5], \"23\": [31]}}"));
+        assertTrue(m.settings.flashAttn);
+        assertEquals(6800000000L, m.expertStore.budgetBytes);
+        assertEquals(10, m.expertStore.cacheSlots);
+        assertEquals(512, m.expertStore.nUbatch);
+        assertArrayEquals(new int[] {0, 0, 0, 1, 0, 5, 23, 31}, m.expertStore.pinned);
+        assertEquals(4, m.expertStore.pinnedExperts());
+    }
+
+    @Test
+    public void badExpertStoresAreNamed() throws Exception {
+        assertEquals("manifest.json: 'engine.expert_store.budget_bytes' must be positive",
+                failure(streaming("{\"budget_bytes\": 0, \"pinned\": {}}")));
+        assertEquals("manifest.json: 'engine.expert_store.pinned.x' is not a layer number",
+                failure(streaming("{\"budget_bytes\": 5, \"pinned\": {\"x\": [1]}}")));
+        assertEquals("manifest.json: 'engine.expert_store.pinned.0[1]' must be an integer",
+                failure(streaming("{\"budget_bytes\": 5, \"pinned\": {\"0\": [1, \"2\"]}}")));
+        assertEquals("manifest.json: 'engine.expert_store.pinned.0' holds an expert id out of range",
+                failure(streaming("{\"budget_bytes\": 5, \"pinned\": {\"0\": [-1]}}")));
+        assertEquals("manifest.json: 'engine.expert_store' needs use_mmap: the store streams experts from the mapped "
+                + "file", failure(streaming("{\"budget_bytes\": 5}").replace("\"use_mmap\": true", "\"use_mmap\": false")));
     }
 
     @Test

@@ -31,6 +31,18 @@ public class MemoryDecisionTest {
     }
 
     @Test
+    public void aStreamingBundleNeedsItsPlansResidentTotalNotTheModelFile() {
+        // gpt-oss-20b with the expert store on a Pixel 9 Pro: a 13.8 GB GGUF, 10.5 GB planned in all
+        long modelFile = 13_780_000_000L;
+        long planTotal = 10_510_000_000L;
+        long minFree = 10_720_000_000L;  // the plan's RAM and the reserve it keeps free
+        MemoryDecision d = MemoryDecision.decide(11_000_000_000L, minFree, planTotal);
+        assertTrue(d.allowed);
+        assertEquals(minFree, d.neededBytes);
+        assertTrue(d.neededBytes < modelFile);
+    }
+
+    @Test
     public void roundingNeverHidesTheShortfall() {
         MemoryDecision d = MemoryDecision.decide(5_100_000_000L, 5_100_000_001L, 0);
         assertFalse(d.allowed);
