@@ -5,8 +5,8 @@
     engine = LlamaCppEngine(path, repack=False, cpu_moe_layers=8)        # what --no-repack / --n-cpu-moe 8 do
     engine = LlamaCppEngine(path, memory_budget="4GiB", plan="plan.json")  # experts stream within a budget
 
-Defaults are the ones parity needs: logits for every position, an F32 KV cache and flash attention off (llama.cpp's F16 cache and its
-f16 flash-attention kernel each move logits by ~1e-1 on random models). The adapter also reaches two loader
+Defaults are the ones parity needs: logits for every position, an F32 KV cache and flash attention off
+(llama.cpp's F16 cache and its f16 flash-attention kernel each move logits by ~1e-1 on random models). The adapter also reaches two loader
 settings llama-cpp-python does not expose, through the model params it builds (`llama_model_default_params`
 is swapped while the model loads):
 - `repack=False` sets `use_extra_bufts = false` (llama.cpp's `--no-repack`): MXFP4 experts stay in the
@@ -44,6 +44,7 @@ from edgeoss.formats.gguf_meta import spec_from_metadata
 from edgeoss.formats.gguf_names import ARCH, arch_key, expert_pattern
 from edgeoss.formats.ggml_gguf import buffer_types, read_metadata
 from edgeoss.formats.gguf_meta import stored_expert_ids
+from edgeoss.formats.spec import ModelSpec
 from edgeoss.runtimes.llamacpp_store import DEFAULT_UBATCH, LlamaExpertStore
 from edgeoss.units import parse_size
 
@@ -154,7 +155,8 @@ def split_files(first: Path, count: int) -> list[Path]:
     return [first.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
-def open_store(files: Sequence[Path], spec, budget: int | str | None, plan: str | Path | None) -> LlamaExpertStore:
+def open_store(files: Sequence[Path], spec: ModelSpec, budget: int | str | None,
+               plan: str | Path | None) -> LlamaExpertStore:
     """The expert store for a GGUF: the budget given (or the plan's), the plan's pinned experts in the file's
     stored order (a GGUF exported with a plan's expert order records it)."""
     from edgeoss.runtimes.experts import load_plan

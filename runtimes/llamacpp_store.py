@@ -10,7 +10,8 @@ copy, so every tensor's bytes are the file's, and each stacked expert tensor `bl
 (ne = [in, rows, E]) holds expert e at byte `e * nb[2]`, at file offset `tensor offset + e * nb[2]`.
 
 Reservations. For each stacked expert tensor the store maps an anonymous reservation of the tensor's size,
-`PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE`: no memory until a page is written.
+`PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE`, `madvise(MADV_NOHUGEPAGE)`: no memory until a
+page is written, and then one page (a transparent huge page would hold 2 MiB for a byte).
 
 Budget. An expert (L, e) costs the pages its three slices span in their reservations (edge pages shared with
 a neighbour are counted by both). `pinned` experts (per layer, the GGUF's stored ids) are read at start and
@@ -62,18 +63,19 @@ import numpy as np
 
 from edgeoss.errors import EdgeossError, UsageError
 from edgeoss.formats.ggml_gguf import GGUFMetadata
+from edgeoss.formats.gguf_names import EXPERT_PROJECTIONS, expert_name
 from edgeoss.planner.memory import STREAM_UBATCH, expert_page_costs, stream_ubatch
 from edgeoss.runtimes import ggml_graph
 from edgeoss.units import human
 
 PAGE = _mmap.PAGESIZE
 DEFAULT_UBATCH = STREAM_UBATCH  # llama.cpp's own n_ubatch
-PROJECTIONS = ("gate", "up", "down")
+PROJECTIONS = tuple(EXPERT_PROJECTIONS)  # gate, up, down: the stacked tensors of a layer
 READ_LANES = 4  # concurrent preads of a ubatch's missed slices
 TOPK_PREFIX = b"ffn_moe_topk-"
 EMBEDDING = "token_embd.weight"
 MAP_NORESERVE = getattr(_mmap, "MAP_NORESERVE", 0x4000)
-MADV_DONTNEED, MADV_RANDOM = 4, 1
+MADV_DONTNEED, MADV_RANDOM, MADV_NOHUGEPAGE = 4, 1, 15
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -104,10 +106,14 @@ def _check(result: int, what: str) -> int:
 
 
 def anonymous(nbytes: int, noreserve: bool) -> int:
-    """Address of a fresh private anonymous mapping of nbytes (rounded up to pages)."""
+    """Address of a fresh private anonymous mapping of nbytes (rounded up to pages). A reservation (noreserve) is
+    kept off transparent huge pages, so that a written byte costs one page, as the budget counts it."""
     flags = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | (MAP_NORESERVE if noreserve else 0)
-    return _check(LIBC.mmap(None, _round_up(nbytes), _mmap.PROT_READ | _mmap.PROT_WRITE, flags, -1, 0),
-                  f"mmap of {human(nbytes)}")
+    address = _check(LIBC.mmap(None, _round_up(nbytes), _mmap.PROT_READ | _mmap.PROT_WRITE, flags, -1, 0),
+                     f"mmap of {human(nbytes)}")
+    if noreserve:
+        LIBC.madvise(address, _round_up(nbytes), MADV_NOHUGEPAGE)  # fails harmlessly where THP does not exist
+    return address
 
 
 def release(address: int, nbytes: int, advice: int = MADV_DONTNEED) -> None:
@@ -165,7 +171,7 @@ class ExpertTensor:
 
 
 def expert_tensor_name(layer: int, projection: str) -> str:
-    return f"blk.{layer}.ffn_{projection}_exps.weight"
+    return expert_name(layer, projection, "weight")
 
 
 @dataclass
@@ -227,22 +233,22 @@ class LlamaExpertStore:
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def _map_tensors(self, files: Sequence[Path], metas: Sequence[GGUFMetadata]) -> None:
+        stacked = {expert_tensor_name(layer, p): (layer, p) for layer in range(self.layers) for p in PROJECTIONS}
         for path, meta in zip(files, metas):
             for name, (offset, nbytes) in meta.tensor_bytes.items():
                 self._file_of[name] = (Path(path), offset)
-                if "_exps.weight" not in name:
+                if name not in stacked:
                     if name != EMBEDDING:
                         self.dense[name] = nbytes
                     continue
-                layer, projection = int(name.split(".")[1]), name.split(".")[2][4:-5]
                 if nbytes % self.experts:
                     raise StoreError(f"{path}: {name} holds {nbytes} bytes, not a multiple of {self.experts} experts")
+                layer, projection = stacked[name]
                 self.tensors[name] = ExpertTensor(name, layer, projection, Path(path), offset, nbytes, self.experts,
                                                   anonymous(nbytes, noreserve=True))
-        wanted = {expert_tensor_name(layer, p) for layer in range(self.layers) for p in PROJECTIONS}
-        if set(self.tensors) != wanted:
-            missing = sorted(wanted - set(self.tensors))
-            raise StoreError(f"{files[0]}: lacks the stacked expert tensor {missing[0] if missing else '?'}")
+        if set(self.tensors) != set(stacked):
+            missing = sorted(set(stacked) - set(self.tensors))
+            raise StoreError(f"{files[0]}: lacks the stacked expert tensor {missing[0]}")
         for path in {t.path for t in self.tensors.values()}:
             fd = self._fds[path] = os.open(path, os.O_RDONLY)
             if hasattr(os, "posix_fadvise"):
@@ -439,7 +445,8 @@ class LlamaExpertStore:
         return {"mode": "llama.cpp expert store", "budget_bytes": self.budget, "slots": int(self.slots),
                 "n_ubatch": self.n_ubatch, "pinned_experts": sum(map(len, self.pinned.values())),
                 "pinned_bytes": self.pinned_bytes, "pinned_read_seconds": self.pinned_read_seconds,
-                "cached_experts": len(self._lru), "resident_bytes": self.resident_cost,
+                "cached_experts": len(self._lru), "resident_experts": len(self._resident),
+                "resident_bytes": self.resident_cost,
                 "peak_bytes": self.peak_cost, "hits": c.hits, "misses": c.misses, "bytes_read": c.bytes_read,
                 "read_seconds": c.read_seconds, "miss_seconds": c.read_seconds, "evictions": c.evictions,
                 "hit_rate": c.hits / max(1, c.hits + c.misses), "weights_bound": self._all_bound,

@@ -103,7 +103,8 @@ def test_the_bundle_streams_and_the_jni_store_gives_llamacpps_tokens(host, strea
     settings = manifest["engine"]["settings"]
     streamed = host_run(host, stream_bundle)
     s = streamed["store"]
-    assert streamed["memory"]["allowed"] and streamed["memory"]["needed_bytes"] == manifest["memory"]["min_free_ram_bytes"]
+    memory = streamed["memory"]
+    assert memory["allowed"] and memory["needed_bytes"] == manifest["memory"]["min_free_ram_bytes"]
     assert s["budget_bytes"] == store["budget_bytes"] and s["pinned_experts"] == sum(map(len, store["pinned"].values()))
     assert s["misses"] > 0 and s["evictions"] > 0
     spec = preset("tiny")
@@ -115,6 +116,7 @@ def test_the_bundle_streams_and_the_jni_store_gives_llamacpps_tokens(host, strea
         prompt_tokens + generated - 1)
     assert s["bytes_read"] == s["misses"] * s["bytes_per_miss"]
     assert s["peak_bytes"] <= s["budget_bytes"] and 0 < s["resident_pages_bytes"] <= s["resident_bytes"]
+    assert s["resident_experts"] == s["pinned_experts"] + s["cached_experts"]  # nothing resident outside the LRU
     assert "hits" in s["summary"] and "MB read/token" in s["summary"]
     expected = python_greedy(gguf, settings["n_ctx"], s["n_ubatch"])
     assert streamed["tokens"] == expected

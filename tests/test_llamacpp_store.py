@@ -73,6 +73,7 @@ def test_streamed_logits_equal_plain_llamacpp_bit_for_bit(ggufs, name):
             assert s["misses"] > 0 and s["hits"] + s["misses"] == k * layers * len(ids)
             assert s["peak_bytes"] <= s["budget_bytes"] and s["resident_bytes"] <= s["budget_bytes"]
             assert engine.store.resident_pages_bytes() <= s["resident_bytes"]
+            assert s["resident_experts"] == s["pinned_experts"] + s["cached_experts"]
             assert s["weights_bound"] and s["original_mapping_released"]
             assert s["bytes_read"] == s["misses"] * engine.store.expert_bytes
         finally:

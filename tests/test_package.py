@@ -244,7 +244,9 @@ def test_android_bundle_verifies_and_follows_the_contract(android_bundle, cli):
                                                       "plan.json", *(s.name for s in shards)])
     engine = m["engine"]
     assert engine["name"] == "llama.cpp" and engine["model_file"] == shards[0].name
-    assert set(engine["settings"]) == {"n_ctx", "n_threads", "n_gpu_layers", "use_mmap", "use_mlock", "n_batch"}
+    assert set(engine["settings"]) == {"n_ctx", "n_threads", "n_gpu_layers", "use_mmap", "use_mlock", "n_batch",
+                                       "flash_attn"}
+    assert engine["expert_store"] is None  # tiny fits in RAM on a phone: no store
     assert engine["settings"]["n_ctx"] == 256 and engine["settings"]["n_threads"] == 8  # pixel-9-pro: 8 threads
     assert engine["flags"][:2] == ["-m", shards[0].name] and engine["flags"][2:4] == ["-c", "256"]
     assert m["tokenizer"] == {"vocab_file": "o200k_base.tiktoken", "sha256": O200K_BASE_SHA256}
@@ -254,6 +256,7 @@ def test_android_bundle_verifies_and_follows_the_contract(android_bundle, cli):
                            "app_budget_bytes": 10 << 30}
     readme = (android_bundle / "README.md").read_text()
     assert "adb push" in readme and "/data/local/tmp/edgeoss-bundle" in readme and " ".join(engine["flags"]) in readme
+    assert f"The plan fits pixel-9-pro with every expert in RAM: {plan['prediction']['decode_tok_s']:.2f} tok/s" in readme
 
 
 def test_android_shards_give_the_unsplit_logits(android_bundle, full_gguf):

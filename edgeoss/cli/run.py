@@ -26,7 +26,8 @@ def _engine_options(engine: str, budget: str | None, plan: Path | None, trace: b
             if value and flag not in allowed:
                 engines = "the reference and llamacpp engines" if flag in ("--memory-budget", "--plan") else \
                     "the reference engine"
-                raise UsageError(f"{flag}: only {engines} support{'s' if flag in ('--trace', '--emulate') else ''} this")
+                verb = "supports" if flag in ("--trace", "--emulate") else "support"
+                raise UsageError(f"{flag}: only {engines} {verb} this")
         if budget is None and plan is None:
             return {}
         return {"memory_budget": parse_size(budget) if budget is not None else None, "plan": plan}

@@ -400,7 +400,7 @@ def android_readme(folder: Path, manifest: dict[str, Any], device: str, max_file
         f"An edgeoss bundle for llama.cpp: the model as GGUF ({limit}), the o200k_harmony vocabulary, the harmony "
         f"chat template, the memory plan (`{PLAN_FILE}`) and `{bundle.MANIFEST}` (size and sha256 of every other "
         f"file). It needs {human(memory['min_free_ram_bytes'])} of free RAM; the device lets one app hold "
-        f"{human(memory['app_budget_bytes'])}.",
+        f"{human(memory['app_budget_bytes'])}." + _prediction_line(folder),
         "## 1. Check it on the computer",
         "    edgeoss package verify <this folder>",
         "## 2. Push it to the phone",
@@ -425,6 +425,19 @@ def android_readme(folder: Path, manifest: dict[str, Any], device: str, max_file
         _file_table(folder),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _prediction_line(folder: Path) -> str:
+    """What the bundle's plan says of fit and speed, as one sentence (empty without a plan)."""
+    if not (folder / PLAN_FILE).is_file():
+        return ""
+    plan = json.loads((folder / PLAN_FILE).read_text())
+    if not plan.get("fits"):
+        return f" The plan says it does not fit {plan['device']['name']}: {'; '.join(plan.get('advice', [])[:1])}"
+    how = "streaming experts from flash" if plan["engine"] == "llamacpp-stream" else "with every expert in RAM"
+    p = plan["prediction"]
+    return (f" The plan fits {plan['device']['name']} {how}: {p['decode_tok_s']:.2f} tok/s decode and "
+            f"{p['ttft_s']:.1f} s to the first token of a {p['prompt_tokens']}-token prompt, predicted.")
 
 
 def windows_readme(folder: Path, manifest: dict[str, Any], experts: str) -> str:

@@ -192,15 +192,15 @@ def profile(engine_name: str, artifact: str | Path, prompt_tokens: int = 512, ge
         finally:
             engine.close()
     return ProfileResult(
-        engine=getattr(engine, "name", engine_name), artifact=str(artifact), model=engine.spec.name, prompt_tokens=prompt_tokens,
-        gen_tokens=gen_tokens, runs=runs, load_s=load_s, ttft_s=Spread.of(ttft),
+        engine=getattr(engine, "name", engine_name), artifact=str(artifact), model=engine.spec.name,
+        prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, runs=runs, load_s=load_s, ttft_s=Spread.of(ttft),
         prefill_tok_s=Spread.of(prefill), decode_tok_s=Spread.of(decode), peak_rss_bytes=rss.peak,
         rss_before_load_bytes=rss_before, rss_after_load_bytes=rss_after_load,
         disk_read_bytes=disk_read_bytes() - read_before,
         disk_read_bytes_per_decode_token=read_decode / max(1, runs * gen_tokens),
         engine_stats=stats, load_peak_bytes=load_peak, run_peak_bytes=run_peak, machine=machine_description(),
-        projection=project(engine.spec, device, getattr(engine, "name", engine_name), stats, _flash_per_token(stats, read_decode, runs,
-                                                                                     gen_tokens),
+        projection=project(engine.spec, device, getattr(engine, "name", engine_name), stats,
+                           _flash_per_token(stats, read_decode, runs, gen_tokens),
                            prompt_tokens + gen_tokens) if device else {})
 
 

@@ -154,20 +154,23 @@ Java_org_edgeoss_demo_LlamaEngine_nativeLoad(JNIEnv *env, jobject, jstring jpath
 }
 
 // The expert store's counters: hits, misses, bytes read, read ns, resident bytes, peak bytes, budget,
-// evictions, pinned experts, slots, n_ubatch, resident pages (mincore), bytes per miss; all 0 without a store.
+// evictions, pinned experts, slots, n_ubatch, resident pages (mincore), bytes per miss, resident experts,
+// cached (LRU) experts; all 0 without a store.
 extern "C" JNIEXPORT jlongArray JNICALL
 Java_org_edgeoss_demo_LlamaEngine_nativeStoreStats(JNIEnv *env, jobject, jlong handle) {
+    constexpr int kFields = 15;
     const auto *session = reinterpret_cast<Session *>(handle);
-    jlong values[13] = {0};
+    jlong values[kFields] = {0};
     if (const edgeoss::ExpertStore *s = session->store.get()) {
         const edgeoss::StoreCounters &c = s->counters();
-        const jlong all[13] = {c.hits, c.misses, c.bytes_read, c.read_ns, s->resident_bytes(), s->peak_bytes(),
-                               s->budget_bytes(), c.evictions, s->pinned_experts(), s->slots(), s->n_ubatch(),
-                               s->resident_pages_bytes(), s->expert_bytes()};
-        std::copy(all, all + 13, values);
+        const jlong all[kFields] = {c.hits, c.misses, c.bytes_read, c.read_ns, s->resident_bytes(), s->peak_bytes(),
+                                    s->budget_bytes(), c.evictions, s->pinned_experts(), s->slots(), s->n_ubatch(),
+                                    s->resident_pages_bytes(), s->expert_bytes(), s->resident_experts(),
+                                    s->cached_experts()};
+        std::copy(all, all + kFields, values);
     }
-    jlongArray out = env->NewLongArray(13);
-    env->SetLongArrayRegion(out, 0, 13, values);
+    jlongArray out = env->NewLongArray(kFields);
+    env->SetLongArrayRegion(out, 0, kFields, values);
     return out;
 }
 

@@ -63,10 +63,13 @@ std::vector<std::string> split_files(const std::string &first, int64_t count) {
     return out;
 }
 
+// A reservation (noreserve) is kept off transparent huge pages: a written byte costs one page, as counted.
 void *anonymous(int64_t nbytes, bool noreserve) {
     const int flags = MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0);
     void *p = mmap(nullptr, (size_t) round_up(nbytes), PROT_READ | PROT_WRITE, flags, -1, 0);
-    return p == MAP_FAILED ? nullptr : p;
+    if (p == MAP_FAILED) return nullptr;
+    if (noreserve) madvise(p, (size_t) round_up(nbytes), MADV_NOHUGEPAGE);
+    return p;
 }
 
 // madvise the whole pages inside [address, address + nbytes).
@@ -411,7 +414,7 @@ bool ExpertStore::shared(const Tensor &t, uintptr_t page, int e) const {
     return false;
 }
 
-void ExpertStore::evict(const Key &key) {
+void ExpertStore::evict(Key key) {
     lru_.erase(std::find(lru_.begin(), lru_.end(), key));
     resident_.erase(key);
     resident_cost_ -= cost_[key.second];

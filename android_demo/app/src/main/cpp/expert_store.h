@@ -75,6 +75,8 @@ class ExpertStore {
     int64_t resident_bytes() const { return resident_cost_; }
     int64_t peak_bytes() const { return peak_cost_; }
     int64_t resident_pages_bytes() const;  // what the reservations really hold (mincore)
+    int resident_experts() const { return (int) resident_.size(); }
+    int cached_experts() const { return (int) lru_.size(); }  // resident and not pinned: the LRU
     bool weights_bound() const { return all_bound_; }
     bool original_released() const { return released_; }
     const StoreCounters &counters() const { return counters_; }
@@ -110,7 +112,7 @@ class ExpertStore {
     void load_union(int layer, const std::vector<int> &experts, const std::set<Key> &protect);
     void read_experts(int layer, const std::vector<int> &experts);
     void read_slice(Tensor &t, int e);
-    void evict(const Key &key);
+    void evict(Key key);  // by value: callers pass an element of lru_, which evict erases
     bool shared(const Tensor &t, uintptr_t page, int e) const;
     void release_originals();
     void fail(const std::string &message);

@@ -76,7 +76,11 @@ public final class HostRun {
                         .append(", \"pinned_experts\": ").append(after.pinnedExperts).append(", \"slots\": ")
                         .append(after.slots).append(", \"n_ubatch\": ").append(after.nUbatch)
                         .append(", \"resident_pages_bytes\": ").append(after.residentPagesBytes)
+                        .append(", \"resident_bytes_at_load\": ").append(before.residentBytes)
+                        .append(", \"resident_pages_bytes_at_load\": ").append(before.residentPagesBytes)
                         .append(", \"bytes_per_miss\": ").append(after.bytesPerMiss)
+                        .append(", \"resident_experts\": ").append(after.residentExperts)
+                        .append(", \"cached_experts\": ").append(after.cachedExperts)
                         .append(", \"summary\": \"").append(run.summary(ids.size())).append("\"}");
             }
         }

@@ -3,11 +3,11 @@ package org.edgeoss.core;
 import java.util.Locale;
 
 /**
- * The expert store's counters as the JNI bridge reports them ({@code nativeStoreStats}: 13 longs in this order),
+ * The expert store's counters as the JNI bridge reports them ({@code nativeStoreStats}: 15 longs in this order),
  * and the line the app shows next to the decode speed.
  */
 public final class StoreStats {
-    public static final int FIELDS = 13;
+    public static final int FIELDS = 15;
 
     public final long hits;
     public final long misses;
@@ -22,6 +22,8 @@ public final class StoreStats {
     public final long nUbatch;
     public final long residentPagesBytes;
     public final long bytesPerMiss;
+    public final long residentExperts;
+    public final long cachedExperts;
 
     private StoreStats(long[] v) {
         hits = v[0];
@@ -37,6 +39,8 @@ public final class StoreStats {
         nUbatch = v[10];
         residentPagesBytes = v[11];
         bytesPerMiss = v[12];
+        residentExperts = v[13];
+        cachedExperts = v[14];
     }
 
     /** The counters of a loaded engine; null when it runs without a store (every value 0). */
@@ -51,7 +55,7 @@ public final class StoreStats {
     public StoreStats since(StoreStats before) {
         long[] v = {hits - before.hits, misses - before.misses, bytesRead - before.bytesRead,
             readNanos - before.readNanos, residentBytes, peakBytes, budgetBytes, evictions - before.evictions,
-            pinnedExperts, slots, nUbatch, residentPagesBytes, bytesPerMiss};
+            pinnedExperts, slots, nUbatch, residentPagesBytes, bytesPerMiss, residentExperts, cachedExperts};
         return new StoreStats(v);
     }
 

@@ -7,10 +7,11 @@ import static org.junit.Assert.assertThrows;
 import org.junit.Test;
 
 public class StoreStatsTest {
-    // hits, misses, bytes read, read ns, resident, peak, budget, evictions, pinned, slots, n_ubatch, pages, per miss
+    // hits, misses, bytes read, read ns, resident, peak, budget, evictions, pinned, slots, n_ubatch, pages, per miss,
+    // resident experts, cached experts
     private static long[] counters(long hits, long misses, long bytesRead, long readNs) {
         return new long[] {hits, misses, bytesRead, readNs, 6_000_000_000L, 6_500_000_000L, 6_800_000_000L, 7, 500,
-            10, 512, 5_900_000_000L, 13_219_200L};
+            10, 512, 5_900_000_000L, 13_219_200L, 508, 8};
     }
 
     @Test
@@ -27,6 +28,8 @@ public class StoreStatsTest {
         assertEquals(500, s.pinnedExperts);
         assertEquals(512, s.nUbatch);
         assertEquals(13_219_200L, s.bytesPerMiss);
+        assertEquals(508, s.residentExperts);
+        assertEquals(8, s.cachedExperts);
         assertEquals(0.9, s.hitRate(), 1e-12);
     }
 
