@@ -102,9 +102,9 @@ def export_gguf(d: Demo) -> Row:
 def export_onnx(d: Demo) -> Row:
     from .exporters.onnx import export_onnx as export
 
-    report = export(d.paths["checkpoint"], d.workdir / "onnx", experts="int8", max_length=DEMO_CONTEXT, force=True)
+    report = export(d.paths["checkpoint"], d.workdir / "onnx", experts="mxfp4", max_length=DEMO_CONTEXT, force=True)
     d.paths["onnx"] = report.path
-    return Row("export ONNX", str(report.path), report.nbytes, "int8 experts, exact")
+    return Row("export ONNX", str(report.path), report.nbytes, "MXFP4 experts as stored (QMoE fp4), exact")
 
 
 def parity(d: Demo) -> Row:
@@ -116,7 +116,7 @@ def parity(d: Demo) -> Row:
     spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
     tokens = __import__("numpy").array(random_prompt(spec, DEMO_PARITY_POSITIONS), dtype="int64")
     artifacts = [gguf_artifact(d.paths["gguf"]),
-                 Artifact("onnx (int8)", "onnxruntime", d.paths["onnx"], options={"exact": True})]
+                 Artifact("onnx (mxfp4)", "onnxruntime", d.paths["onnx"], options={"exact": True})]
     report = check.run(d.paths["checkpoint"], artifacts, tokens, greedy=16)
     d.paths["parity"] = d.workdir / "parity.md"
     check.save(report, d.workdir / "parity.json", d.paths["parity"])

@@ -1,6 +1,7 @@
 """Export a gpt-oss checkpoint to an ONNX folder that ONNX Runtime and onnxruntime-genai run.
 
-    export_onnx("gpt-oss-20b/", "gpt-oss-20b-onnx/", experts="int8")
+    export_onnx("gpt-oss-20b/", "gpt-oss-20b-onnx/")                  # MXFP4 experts as stored (QMoE fp4)
+    export_onnx("gpt-oss-20b/", "gpt-oss-20b-onnx/", experts="int8")  # or exact int8, or lossy int4
 
 The folder holds `model.onnx` (the graph; every weight a reference into the next file), `model.onnx.data`,
 `genai_config.json` (onnxruntime-genai, model type "gptoss"), the tokenizer files and `edgeoss.json` (how
@@ -43,7 +44,7 @@ from edgeoss.formats import mxfp4, tokenizer
 from edgeoss.atomic import atomic_dir
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, UsageError
-from edgeoss.exporters.onnx_experts import ENCODINGS, MoeShape, QuantError, write_moe
+from edgeoss.exporters.onnx_experts import DEFAULT_ENCODING, ENCODINGS, MoeShape, QuantError, write_moe
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import bf16_to_f32
@@ -270,7 +271,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 # ---- the export -------------------------------------------------------------------------------------------------
-def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = "int8",
+def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFAULT_ENCODING,
                 max_length: int = DEFAULT_MAX_LENGTH, force: bool = False, progress: bool | None = None) \
         -> ExportReport:
     """Write the ONNX folder for a checkpoint; it appears at `out_dir` only once complete."""

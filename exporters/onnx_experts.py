@@ -1,14 +1,20 @@
 """MXFP4 experts as ONNX Runtime QMoE weights, and the QMoE node of one layer.
 
-QMoE (com.microsoft) stores each projection as block-quantized integers: weights uint8 [E, N, K * bits / 8]
-(row = output channel, packed along K, low nibble first for 4 bits), float scales [E, N, K / 32], value
-(q - 2^(bits-1)) * scale. Two encodings of the checkpoint's MXFP4 blocks (block 32 along K, like QMoE's):
+QMoE (com.microsoft) stores each projection as block-quantized weights: uint8 [E, N, K * bits / 8] (row = output
+channel, packed along K, low nibble first for 4 bits), scales [E, N, K / 32]. Three encodings of the checkpoint's
+MXFP4 blocks (block 32 along K, like QMoE's):
 
-- int8 (exact): q = 128 + 2 * fp4, scale = 2^(e - 128) (edgeoss.mxfp4.to_int8). Every weight is the
+- mxfp4 (exact, 4.25 bits, the default): the checkpoint's bytes as they are. onnxruntime >= 1.32 reads MXFP4 on
+  CPU with quant_type "fp4": the E2M1 codes as stored (low nibble = even k), the E8M0 scale bytes as FLOAT8E8M0
+  block scales, a float32 global scale of 1.0 per expert, and `weights_prepacked=1` (without it the session
+  cannot be created). Its fast kernel is AVX-512 (onnx.md: about 70x slower with ORT_QMOE_CPU_DISABLE_AVX512).
+
+- int8 (exact, 8 bits): q = 128 + 2 * fp4, scale = 2^(e - 128) (edgeoss.mxfp4.to_int8), value
+  (q - 128) * scale. Every weight is the
   checkpoint's value. ONNX Runtime's CPU kernel quantizes the *activations* to int8 for 8-bit experts unless
   the environment has ORT_QMOE_CPU_QNBIT_GEMM=fp32 when the session is created (then it dequantizes and runs
   an fp32 GEMM: exact, about 5x slower).
-- int4 (lossy, half the RAM): per block, the signed scale s that minimizes the block's squared error over the
+- int4 (lossy, 4 bits): per block, the signed scale s that minimizes the block's squared error over the
   grid {-8..7} * s. A block's MXFP4 values are at most 15 distinct multiples of its power of two, so a block
   is described by the histogram of its 16 codes. Candidate level assignments come from the scales
   every |value| / k (k = 1..8, both signs: the value lands exactly on level +-k); each one fixes the codes'
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
+
+from onnx import TensorProto
 
 from edgeoss.formats import mxfp4
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph
@@ -141,17 +149,28 @@ class ExpertEncoding:
     bits: int
     exact: bool
     description: str
+    fp4: bool = False  # QMoE quant_type "fp4": E2M1 codes with FLOAT8E8M0 block scales
+
+    @property
+    def scale_type(self) -> tuple[type, int]:
+        """(numpy dtype of the stored scales, their ONNX element type)."""
+        return (np.uint8, TensorProto.FLOAT8E8M0) if self.fp4 else (np.float32, TensorProto.FLOAT)
 
     def encode(self, blocks: np.ndarray, scales: np.ndarray, error: QuantError) -> tuple[np.ndarray, np.ndarray]:
+        if self.fp4:
+            return blocks.reshape(blocks.shape[0], -1), scales
         if self.bits == 8:
             return mxfp4.to_int8(blocks, scales)
         return to_int4(blocks, scales, error)
 
 
 ENCODINGS = {
+    "mxfp4": ExpertEncoding("mxfp4", 4, True, "MXFP4 as stored (QMoE fp4: E2M1 codes, E8M0 block scales, "
+                            "onnxruntime >= 1.32)", fp4=True),
     "int8": ExpertEncoding("int8", 8, True, "exact MXFP4 as int8 (q = 128 + 2 fp4, scale 2^(e-128)), block 32"),
     "int4": ExpertEncoding("int4", 4, False, "int4 with a least-squares scale per 32-block (lossy)"),
 }
+DEFAULT_ENCODING = "mxfp4"
 
 
 # ---- the QMoE node of a layer ---------------------------------------------------------------------------------
@@ -168,6 +187,7 @@ def write_moe(g: Graph, data: ExternalData, prefix: str, shape: MoeShape, encodi
               source: ExpertSource, x: str, router_logits: str, error: QuantError) -> str:
     """Write one layer's experts (one expert in memory at a time) and add its QMoE node; returns its output."""
     inputs = []
+    scale_dtype, scale_type = encoding.scale_type
     projections = (("gate_up", 2 * shape.intermediate, shape.hidden), ("down", shape.hidden, shape.intermediate))
     for proj, rows, k in projections:
         scales: list[np.ndarray] = []
@@ -183,10 +203,16 @@ def write_moe(g: Graph, data: ExternalData, prefix: str, shape: MoeShape, encodi
 
         groups = k // mxfp4.BLOCK
         w = data.add(f"{prefix}.{proj}.weight", np.uint8, (shape.experts, rows, k * encoding.bits // 8), weights())
-        s = data.add(f"{prefix}.{proj}.scales", np.float32, (shape.experts, rows, groups), scales)
+        s = data.add(f"{prefix}.{proj}.scales", scale_dtype, (shape.experts, rows, groups), scales,
+                     elem_type=scale_type)
         b = data.add(f"{prefix}.{proj}.bias", np.float32, (shape.experts, rows), biases)
         inputs += [g.initializer(w), g.initializer(s), g.initializer(b)]
+    fp4 = {}
+    if encoding.fp4:  # inputs 8-14 (fc3, zero points, router weights) absent; 15, 16: global scales of 1.0
+        ones = g.const(f"{prefix}.global_scale", np.ones(shape.experts, np.float32))
+        inputs += [""] * 7 + [ones, ones]
+        fp4 = {"quant_type": "fp4", "weights_prepacked": 1}
     return g.op("QMoE", x, router_logits, *inputs, domain=MS, name=f"{prefix}.moe",
                 k=shape.top_k, activation_type="swiglu", swiglu_fusion=1, activation_alpha=SWIGLU_ALPHA,
                 activation_beta=SWIGLU_BETA, swiglu_limit=shape.swiglu_limit, normalize_routing_weights=1,
-                expert_weight_bits=encoding.bits, block_size=mxfp4.BLOCK)
+                expert_weight_bits=encoding.bits, block_size=mxfp4.BLOCK, **fp4)

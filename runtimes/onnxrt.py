@@ -5,10 +5,10 @@
 - `OrtGenaiEngine` (--engine ortgenai): onnxruntime-genai's Generator, as an app would run the folder; it
   preallocates the KV cache for `max_length` tokens (genai_config.json's search.max_length by default).
 
-Precision: ONNX Runtime's CPU QMoE kernel quantizes activations to int8 for 8-bit experts unless
-ORT_QMOE_CPU_QNBIT_GEMM=fp32 is in the environment when the session is created. `exact=True` (the default,
-for parity) sets it: int8 exports then match the original model to ~1e-5 (max logit error), at about 5x the
-MoE time on CPU. `exact=False` keeps ONNX Runtime's fast default, measured on the synthetic models over 280
+Precision: MXFP4 exports (QMoE fp4, onnxruntime >= 1.32, the default) are exact with no setting. ONNX Runtime's
+CPU QMoE kernel quantizes activations to int8 for 8-bit experts unless ORT_QMOE_CPU_QNBIT_GEMM=fp32 is in the
+environment when the session is created. `exact=True` (the default, for parity) sets it for int8 exports only:
+they then match the original model to ~1e-5 (max logit error), at about 5x the MoE time on CPU. `exact=False` keeps ONNX Runtime's fast default, measured on the synthetic models over 280
 positions: tiny max logit error 11.6, mean KL 0.034, top-1 agreement 90 %; odd 3.4, 0.0046, 93 %.
 int4 exports use fp32 activations either way (accuracy_level 0); their error is the re-quantization's.
 """
@@ -29,6 +29,12 @@ from edgeoss.formats.spec import ModelSpec
 
 MANIFEST, MODEL, GENAI_CONFIG = "edgeoss.json", "model.onnx", "genai_config.json"
 QMOE_PRECISION_ENV = "ORT_QMOE_CPU_QNBIT_GEMM"
+
+
+def needs_fp32_gemm(manifest: dict) -> bool:
+    """Whether exactness needs ORT_QMOE_CPU_QNBIT_GEMM=fp32: int8 experts only (ONNX Runtime quantizes their
+    activations to int8 by default); MXFP4 (fp4) and int4 experts run with float activations as they are."""
+    return manifest.get("experts") == "int8"
 
 
 def read_export(path: str | Path) -> tuple[Path, dict, ModelSpec]:
@@ -82,7 +88,7 @@ class OnnxRuntimeEngine:
         if threads:
             options.intra_op_num_threads = threads
         start = time.perf_counter()
-        with qmoe_precision(exact):
+        with qmoe_precision(exact and needs_fp32_gemm(self.manifest)):
             self.session = ort.InferenceSession(str(self.folder / MODEL), options,
                                                 providers=["CPUExecutionProvider"])
         self.load_s = time.perf_counter() - start
@@ -139,7 +145,7 @@ class OrtGenaiEngine:
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         start = time.perf_counter()
-        with qmoe_precision(exact):
+        with qmoe_precision(exact and needs_fp32_gemm(self.manifest)):
             self.model = og.Model(config)
         self.load_s = time.perf_counter() - start
         self.og, self.exact = og, exact

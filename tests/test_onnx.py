@@ -1,5 +1,5 @@
-"""The ONNX exporter: exact int8 experts, least-squares int4 experts, the graph and its folder, determinism,
-atomicity, and int4 accuracy against onnxruntime-genai's own builder."""
+"""The ONNX exporter: MXFP4 experts as stored (the default), exact int8 experts, least-squares int4 experts, the graph
+and its folder, determinism, atomicity, and int4 accuracy against onnxruntime-genai's own builder."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_hf, tmp_path_factory) -> Path:
-    return export_onnx(tiny_hf, tmp_path_factory.mktemp("onnx") / "tiny_int8", progress=False).path
+    return export_onnx(tiny_hf, tmp_path_factory.mktemp("onnx") / "tiny_mxfp4", progress=False).path
 
 
 # ---- the encodings -------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_int4_scale_per_block_beats_max_scaling_and_reports_its_error():
     assert measured["max_abs_error"] == pytest.approx(np.abs(ours).max(), rel=1e-6)
 
 
-@pytest.mark.parametrize("encoding", ["int8", "int4"])
+@pytest.mark.parametrize("encoding", ["mxfp4", "int8", "int4"])
 def test_qmoe_layer_computes_gpt_oss_moe_of_the_encoded_weights(encoding, tmp_path):
     """One QMoE node (ONNX Runtime CPU) against numpy: top-k softmax routing, clamped SwiGLU with (up + 1)."""
     import onnxruntime as ort
@@ -82,7 +82,7 @@ def test_qmoe_layer_computes_gpt_oss_moe_of_the_encoded_weights(encoding, tmp_pa
     g.op("Identity", y, outputs=["y"])
     g.save(tmp_path / "m.onnx", [value_info("x", 1, ["n", h]), value_info("r", 1, ["n", e])],
            [value_info("y", 1, ["n", h])], {"": 23, "com.microsoft": 1})
-    with qmoe_precision(exact=True):
+    with qmoe_precision(exact=encoding == "int8"):  # fp4 and int4 need no setting
         session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     x = rng.normal(size=(5, h)).astype(np.float32)
     r = rng.normal(size=(5, e)).astype(np.float32)
@@ -91,6 +91,9 @@ def test_qmoe_layer_computes_gpt_oss_moe_of_the_encoded_weights(encoding, tmp_pa
     def weights(proj: str, n: int) -> np.ndarray:
         blocks, scales, _ = experts[proj]
         q, s = ENCODINGS[encoding].encode(blocks[n], scales[n], QuantError())
+        if encoding == "mxfp4":
+            assert q is not None and np.array_equal(s, scales[n])  # the bytes as stored
+            return mxfp4.dequantize(blocks[n], scales[n]).astype(np.float64)
         if encoding == "int8":
             return ((q.astype(np.float64) - 128).reshape(*s.shape, 32) * s[..., None]).reshape(q.shape)
         return int4_values(blocks[n], scales[n])
@@ -131,7 +134,10 @@ def test_folder_is_a_valid_genai_model(tiny_onnx):
     qmoe = [n for n in model.graph.node if n.op_type == "QMoE"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in qmoe[0].attribute}
     assert attrs["k"] == spec.num_experts_per_tok and attrs["normalize_routing_weights"] == 1
-    assert attrs["swiglu_fusion"] == 1 and attrs["expert_weight_bits"] == 8 and attrs["block_size"] == 32
+    assert attrs["swiglu_fusion"] == 1 and attrs["expert_weight_bits"] == 4 and attrs["block_size"] == 32
+    assert attrs["quant_type"] == b"fp4" and attrs["weights_prepacked"] == 1
+    scales = {t.name: t for t in model.graph.initializer}[qmoe[0].input[3]]
+    assert scales.data_type == onnx.TensorProto.FLOAT8E8M0 and list(scales.dims) == [8, 128, 2]
     assert attrs["activation_alpha"] == pytest.approx(1.702) and attrs["swiglu_limit"] == spec.swiglu_limit
 
     config = json.loads((tiny_onnx / "genai_config.json").read_text())
@@ -141,7 +147,7 @@ def test_folder_is_a_valid_genai_model(tiny_onnx):
     assert config["model"]["decoder"]["sliding_window"]["layers"] == list(spec.sliding_layers)
     assert config["model"]["eos_token_id"] == [200002, 199999, 200012]  # from generation_config.json
     info = export_info(tiny_onnx)
-    assert info["experts"] == "int8" and info["exact"] is True
+    assert info["experts"] == "mxfp4" and info["exact"] is True
 
 
 def test_genai_tokenizer_of_the_folder_is_o200k_harmony(tiny_onnx):

@@ -22,10 +22,18 @@ PREFILL = 16
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_hf, odd_hf, tmp_path_factory) -> dict:
+def exports(tiny_hf, odd_hf, odd_original, tmp_path_factory) -> dict:
+    """The default export (MXFP4 experts as stored): tiny from the HF layout, odd from both layouts."""
     root = tmp_path_factory.mktemp("onnxrt")
-    return {name: (hf, export_onnx(hf, root / name, progress=False).path)
-            for name, hf in (("tiny", tiny_hf), ("odd", odd_hf))}
+    return {name: (hf, export_onnx(source, root / name, progress=False).path)
+            for name, hf, source in (("tiny", tiny_hf, tiny_hf), ("odd", odd_hf, odd_hf),
+                                     ("odd-original", odd_hf, odd_original))}
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_hf, tmp_path_factory) -> tuple:
+    return tiny_hf, export_onnx(tiny_hf, tmp_path_factory.mktemp("onnxrt-int8") / "tiny", experts="int8",
+                                progress=False).path
 
 
 def _tokens(name: str, past_window: int = 256) -> list[int]:
@@ -40,9 +48,27 @@ def _prefill_then_steps(engine: Engine, tokens: list[int]) -> np.ndarray:
     return np.concatenate([first, np.stack([engine.step(t) for t in tokens[PREFILL:]])])
 
 
-@pytest.mark.parametrize("name", ["tiny", "odd"])
-def test_int8_onnxruntime_matches_original_and_reference(exports, name):
+@pytest.mark.parametrize("name", ["tiny", "odd", "odd-original"])
+def test_mxfp4_onnxruntime_matches_original_and_reference_with_no_setting(exports, name, monkeypatch):
+    """QMoE fp4 over the checkpoint's own bytes: within 1e-4 of transformers fp32, and the session is created
+    without ORT_QMOE_CPU_QNBIT_GEMM (that setting is for int8 experts only)."""
+    import edgeoss.runtimes.onnxrt as onnxrt
+
     hf, folder = exports[name]
+    asked = []
+    real = onnxrt.qmoe_precision
+    monkeypatch.setattr(onnxrt, "qmoe_precision", lambda exact: asked.append(exact) or real(exact))
+    engine = load_engine("onnxruntime", folder)
+    assert asked == [False] and engine.manifest["experts"] == "mxfp4"
+    tokens = _tokens(name.split("-")[0])
+    got = _prefill_then_steps(engine, tokens)
+    assert np.abs(got - transformers_logits(hf, np.array(tokens))).max() <= TOLERANCE
+    engine.close()
+
+
+def test_int8_onnxruntime_matches_original_and_reference(int8_export):
+    hf, folder = int8_export
+    name = "tiny"
     tokens = _tokens(name)
     engine = load_engine("onnxruntime", folder)
     assert isinstance(engine, Engine) and engine.spec == Checkpoint.open(hf).spec
@@ -57,7 +83,8 @@ def test_int8_onnxruntime_matches_original_and_reference(exports, name):
 
 
 def test_ortgenai_greedy_generation_matches_reference(exports):
-    """onnxruntime-genai's own greedy search over the folder = the reference runtime's argmax, step by step."""
+    """onnxruntime-genai's own greedy search over the folder = the reference runtime's argmax, step by step, and
+    transformers' argmax at every position of the generated sequence."""
     import onnxruntime_genai as og
 
     hf, folder = exports["odd"]
@@ -78,6 +105,8 @@ def test_ortgenai_greedy_generation_matches_reference(exports):
         generator.generate_next_token()
         generated.append(int(generator.get_next_tokens()[0]))
     assert generated == expected
+    original = transformers_logits(hf, np.array(prompt + generated[:-1]))[len(prompt) - 1:]
+    assert original.argmax(axis=-1).tolist() == generated
     engine.close()
 
 
@@ -95,9 +124,9 @@ def test_ortgenai_engine_chunked_prefill_and_steps(exports):
     engine.close()
 
 
-def test_fast_int8_activations_are_a_stated_trade_off(exports):
+def test_fast_int8_activations_are_a_stated_trade_off(int8_export):
     """exact=False leaves ONNX Runtime's int8-activation QMoE: different logits; the environment is restored."""
-    hf, folder = exports["tiny"]
+    hf, folder = int8_export
     tokens = _tokens("tiny", past_window=8)
     os.environ.pop(QMOE_PRECISION_ENV, None)
     exact = load_engine("onnxruntime", folder, exact=True)

@@ -62,6 +62,8 @@ def test_windows_bundle_verifies_and_follows_the_contract(windows_bundle, cli):
     assert {"genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json", "o200k_base.tiktoken",
             "chat_template.jinja", "README.md"} <= set(paths)
     assert m["memory"]["min_free_ram_bytes"] > (windows_bundle / "model.onnx.data").stat().st_size
+    readme = (windows_bundle / "README.md").read_text()  # a checkpoint exports MXFP4 experts by default
+    assert "experts encoded mxfp4" in readme and "onnxruntime==1.32.0" in readme and "AVX-512" in readme
 
 
 def test_windows_zip_unpacks_to_the_same_bundle(windows_bundle, tmp_path):

@@ -14,9 +14,11 @@ from ._common import err
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="the folder to write (model.onnx + model.onnx.data + genai_config.json + tokenizer files)")
-@click.option("--experts", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
-              help="int8: the MXFP4 values exactly (9 bits/weight in RAM); int4: half the RAM, lossy "
-                   "(least-squares scale per block; the measured error is printed)")
+@click.option("--experts", type=click.Choice(["mxfp4", "int8", "int4"]), default="mxfp4", show_default=True,
+              help="mxfp4: the checkpoint's MXFP4 bytes as they are (4.25 bits/weight, exact; onnxruntime >= 1.32, "
+                   "fast on AVX-512 CPUs); int8: the MXFP4 values exactly in 8 bits (exact with "
+                   "ORT_QMOE_CPU_QNBIT_GEMM=fp32); int4: 4 bits, lossy (least-squares scale per block; the measured "
+                   "error is printed)")
 @click.option("--max-length", type=int,
               help="tokens onnxruntime-genai preallocates the KV cache for (search.max_length) "
                    "[default: the plan's context, else 4096]")

@@ -75,8 +75,8 @@ def android(source: Path, device: str, out_dir: Path, context: int | None, max_f
 @package.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="bundle folder to write")
-@click.option("--experts", type=click.Choice(["int8", "int4"]),
-              help="expert encoding when exporting a checkpoint (default int8: exact)")
+@click.option("--experts", type=click.Choice(["mxfp4", "int8", "int4"]),
+              help="expert encoding when exporting a checkpoint (default mxfp4: exact, 4.25 bits)")
 @click.option("--context", type=click.IntRange(min=1), help="max_length when exporting a checkpoint (default 4096)")
 @click.option("--device", help="device profile whose app budget goes into the manifest")
 @click.option("--zip", "make_zip", is_flag=True, help="also write OUT.zip (zip64, stored)")

@@ -351,7 +351,7 @@ def windows_model(source: Path, folder: Path, experts: str | None, context: int 
     from edgeoss.runtimes.onnxrt import read_export
 
     if not (source / onnx_export.GENAI_CONFIG).is_file():  # a checkpoint: export straight into the bundle
-        onnx_export.export_onnx(source, folder, experts=experts or "int8", progress=progress,
+        onnx_export.export_onnx(source, folder, experts=experts or onnx_export.DEFAULT_ENCODING, progress=progress,
                                 max_length=context or onnx_export.DEFAULT_MAX_LENGTH)
     else:
         for option, value in (("--context", context), ("--experts", experts)):
@@ -468,9 +468,14 @@ def windows_readme(folder: Path, manifest: dict[str, Any], experts: str) -> str:
         "    edgeoss package verify <this folder>",
         "From the zip: `Expand-Archive <bundle>.zip -DestinationPath <folder>` (PowerShell), then verify the folder.",
         "## 2. Run (Python, CPU)",
-        "    pip install onnxruntime-genai==0.18.0",
-        "Optional, for int8 experts computed exactly (fp32 activations in the MoE, slower): "
-        "`set ORT_QMOE_CPU_QNBIT_GEMM=fp32` before starting Python.",
+        "    pip install onnxruntime==1.32.0 onnxruntime-genai==0.18.0",
+        *(["The experts are MXFP4 as gpt-oss stores them (QMoE fp4), exact with no setting. They need onnxruntime "
+           "1.32 or newer, and they are fast on CPUs with AVX-512 (Intel Xeon and some Core generations, AMD Zen 4 "
+           "and newer): without AVX-512, ONNX Runtime's fp4 kernel was measured about 70x slower. On such a CPU "
+           "package with `--experts int4` (lossy) or run the GGUF in llama.cpp."]
+          if experts == "mxfp4" else
+          ["Optional, for int8 experts computed exactly (fp32 activations in the MoE, slower): "
+           "`set ORT_QMOE_CPU_QNBIT_GEMM=fp32` before starting Python."] if experts == "int8" else []),
         run,
         "## Files",
         _file_table(folder),
