@@ -41,6 +41,8 @@ def onnx(checkpoint: Path, out: Path, experts: str, max_length: int | None, plan
         e = report.weight_error
         line += (f" (lossy: weight error rms {e['rms_error']:.3g}, relative {e['relative_rms_error']:.2%}, "
                  f"max {e['max_abs_error']:.3g})")
-    else:
+    elif experts == "int8":
         line += " (exact; parity runs need ORT_QMOE_CPU_QNBIT_GEMM=fp32, which the onnxruntime engine sets)"
+    else:
+        line += " (exact, as stored; onnxruntime >= 1.32, fast on AVX-512 CPUs)"
     err.print(line, highlight=False)
