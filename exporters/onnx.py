@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_co
 OPSETS = {"": 23, MS: 1}
 CHUNK_BYTES = 32 << 20  # dense tensors are converted in row chunks of about this many source bytes
 DEFAULT_MAX_LENGTH = 4096
+FOLD_LIMIT = 1 << 30  # ONNX Runtime (1.32) skips constant folding of a node whose output exceeds 1 GiB
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 
 
@@ -90,12 +92,13 @@ class Reader:
         self.advance(nbytes)
         return np.frombuffer(buf, dtype=np.uint16 if info.dtype == BF16 else np.uint8).reshape(shape)
 
-    def chunks(self, name: str) -> Iterator[np.ndarray]:
-        """A tensor as stored, in chunks of rows."""
+    def chunks(self, name: str, first: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
+        """A tensor as stored (rows first..end), in chunks of rows."""
         info = self.ckpt.info(name)
+        end = info.shape[0] if end is None else end
         per = max(1, CHUNK_BYTES // (info.nbytes // info.shape[0]))
-        for start in range(0, info.shape[0], per):
-            yield self._pread(name, rows=(start, min(start + per, info.shape[0])))
+        for start in range(first, end, per):
+            yield self._pread(name, rows=(start, min(start + per, end)))
 
     def expert(self, layer: int, proj: str, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = f"layers.{layer}.{proj}"
@@ -111,8 +114,9 @@ class Reader:
 
 
 # ---- the graph ------------------------------------------------------------------------------------------------
-def rope_tables(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """GroupQueryAttention's cos/sin caches [max_position_embeddings, head_dim / 2], YaRN concentration folded in.
+def rope_tables(spec: ModelSpec, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """GroupQueryAttention's cos/sin caches [positions, head_dim / 2] (the export's max_length: the positions it
+    can run), YaRN concentration folded in.
 
     The formula of edgeoss.runtimes.rope (transformers' YaRN), evaluated in float64 and rounded once: fp32
     angles drift by ~1e-4 at position 4096 and ~4e-3 at 131072.
@@ -126,15 +130,16 @@ def rope_tables(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
         ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
         inv_freq = inv_freq * (1.0 - ramp) + inv_freq / spec.rope_factor * ramp
         concentration = 0.1 * np.log(spec.rope_factor) + 1.0
-    angles = np.arange(spec.max_position_embeddings, dtype=np.float64)[:, None] * inv_freq
+    angles = np.arange(positions, dtype=np.float64)[:, None] * inv_freq
     return (np.cos(angles) * concentration).astype(np.float32), (np.sin(angles) * concentration).astype(np.float32)
 
 
 class DecoderWriter:
     """Adds the decoder's nodes in order while its weights stream into the external-data file."""
 
-    def __init__(self, spec: ModelSpec, reader: Reader, data: ExternalData, encoding: str):
+    def __init__(self, spec: ModelSpec, reader: Reader, data: ExternalData, encoding: str, max_length: int):
         self.spec, self.reader, self.data, self.encoding = spec, reader, data, ENCODINGS[encoding]
+        self.max_length = max_length
         self.g = Graph()
         self.error = QuantError()
 
@@ -152,9 +157,42 @@ class DecoderWriter:
         rows = self.g.op("Gather", self.g.initializer(table), ids, name="embed")
         return self.g.op("Cast", rows, to=TensorProto.FLOAT)
 
+    def matrix(self, *names: str) -> str:
+        """A weight matrix (rows of the named tensors concatenated) stored as the checkpoint stores it, bf16, and
+        widened to fp32 by a Cast that ONNX Runtime folds when the session loads: the folder holds the
+        checkpoint's bytes, the values are exact, and RAM holds fp32 as before (ONNX Runtime's CPU kernels have
+        no bf16 MatMul; an fp16 one is widened the same way). A checkpoint that stores fp32 keeps fp32. The
+        matrix's fp32 form must stay within FOLD_LIMIT (see `row_parts` for larger ones)."""
+        infos = [self.reader.ckpt.info(n) for n in names]
+        if any(i.dtype != BF16 for i in infos):
+            return self.weight(*names)
+        shape = (sum(i.shape[0] for i in infos), *infos[0].shape[1:])
+        if math.prod(shape) * 4 > FOLD_LIMIT:
+            raise AssertionError(f"{names[0]}: {shape} is too large for one folded Cast; use row_parts")
+        chunks = (chunk for n in names for chunk in self.reader.chunks(n))
+        return self._widened(names[0], shape, chunks)
+
+    def row_parts(self, name: str) -> list[str]:
+        """A large matrix as row blocks, each stored bf16 and widened by its own folded Cast (ONNX Runtime does not
+        fold a Cast whose output exceeds FOLD_LIMIT; unfolded, it would widen the weights at every token)."""
+        info = self.reader.ckpt.info(name)
+        if info.dtype != BF16:
+            return [self.weight(name)]
+        rows, cols = info.shape
+        per = max(1, FOLD_LIMIT // (cols * 4))
+        if per >= rows:
+            return [self.matrix(name)]
+        return [self._widened(f"{name}.{i}", (min(rows, start + per) - start, cols),
+                              self.reader.chunks(name, start, min(rows, start + per)))
+                for i, start in enumerate(range(0, rows, per))]
+
+    def _widened(self, name: str, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> str:
+        stored = self.g.initializer(self.data.add(name, np.uint16, shape, chunks, TensorProto.BFLOAT16))
+        return self.g.op("Cast", stored, to=TensorProto.FLOAT, name=f"{name}.fp32")
+
     def linear(self, x: str, *names: str, bias: bool = True) -> str:
         """x @ W^T (+ b) with W stored as checkpointed, [out, in] (Gemm transB: no transpose to write)."""
-        w = self.weight(*(f"{n}.weight" for n in names))
+        w = self.matrix(*(f"{n}.weight" for n in names))
         b = [self.weight(*(f"{n}.bias" for n in names))] if bias else []
         return self.g.op("Gemm", x, w, *b, transB=1, name=names[0])
 
@@ -169,7 +207,8 @@ class DecoderWriter:
         mask_len = g.op("Gather", g.op("Shape", "attention_mask"), g.const("dim1", np.array(1, np.int64)))
         total_len = g.op("Cast", mask_len, to=TensorProto.INT32, name="total_sequence_length")
         batch_seq = g.op("Shape", "input_ids")
-        cos, sin = (g.initializer(self.data.array(n, t)) for n, t in zip(("rope.cos", "rope.sin"), rope_tables(s)))
+        cos, sin = (g.initializer(self.data.array(n, t))
+                    for n, t in zip(("rope.cos", "rope.sin"), rope_tables(s, self.max_length)))
 
         x = g.op("Reshape", self.embedding("input_ids"), g.const("rows_h", np.array([-1, s.hidden_size], np.int64)))
         qkv_shape = g.op("Concat", batch_seq, g.const("qkv_width", np.array([s.q_dim + 2 * s.kv_dim], np.int64)),
@@ -192,7 +231,9 @@ class DecoderWriter:
             experts = lambda proj, e, layer=layer: self.reader.expert(layer, proj, e)  # noqa: E731
             x = g.op("Add", x, write_moe(g, self.data, p, self.moe_shape, self.encoding, experts, h, router_logits,
                                          self.error))
-        logits = g.op("Gemm", self.norm(x, "norm"), self.weight("unembed"), transB=1, name="unembed")
+        h = self.norm(x, "norm")
+        parts = [g.op("Gemm", h, w, transB=1, name="unembed") for w in self.row_parts("unembed")]
+        logits = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1, name="unembed.concat")
         logits_shape = g.op("Concat", batch_seq, g.const("vocab", np.array([s.vocab_size], np.int64)), axis=0)
         g.op("Reshape", logits, logits_shape, outputs=["logits"])
         return self.inputs(), self.outputs()
@@ -238,7 +279,7 @@ def genai_config(spec: ModelSpec, eos: list[int], max_length: int) -> dict:
     return {
         "model": {
             "bos_token_id": spec.bos_token_id,
-            "context_length": spec.max_position_embeddings,
+            "context_length": max_length,  # the rope tables hold this many positions
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": MODEL,
@@ -272,14 +313,18 @@ def _write_json(path: Path, obj: dict) -> None:
 
 # ---- the export -------------------------------------------------------------------------------------------------
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFAULT_ENCODING,
-                max_length: int = DEFAULT_MAX_LENGTH, force: bool = False, progress: bool | None = None) \
+                max_length: int | None = None, force: bool = False, progress: bool | None = None) \
         -> ExportReport:
-    """Write the ONNX folder for a checkpoint; it appears at `out_dir` only once complete."""
+    """Write the ONNX folder for a checkpoint; it appears at `out_dir` only once complete. max_length: the positions
+    the folder runs (onnxruntime-genai's KV cache, the rope tables); default 4096, or the model's own limit when
+    that is less."""
     if experts not in ENCODINGS:
         raise UsageError(f"unknown expert encoding {experts!r} (choose from {', '.join(ENCODINGS)})")
     start = time.perf_counter()
     with Checkpoint.open(checkpoint) as ckpt:
         spec = ckpt.spec
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, spec.max_position_embeddings)
         if not 0 < max_length <= spec.max_position_embeddings:
             raise UsageError(f"--max-length {max_length} must be in 1..{spec.max_position_embeddings}")
         with atomic_dir(out_dir, overwrite=force) as tmp, \
@@ -287,7 +332,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFA
             reader = Reader(ckpt, advance)
             try:
                 with open(tmp / DATA, "wb") as f:
-                    writer = DecoderWriter(spec, reader, ExternalData(f, DATA), experts)
+                    writer = DecoderWriter(spec, reader, ExternalData(f, DATA), experts, max_length)
                     inputs, outputs = writer.build()
             finally:
                 reader.close()
@@ -301,7 +346,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFA
             weight_error = writer.error.as_dict() if not encoding.exact else {}
             _write_json(tmp / MANIFEST, {"format": "onnx", "experts": encoding.name, "exact": encoding.exact,
                                          "description": encoding.description, "weight_error": weight_error,
-                                         "spec": dataclasses.asdict(spec)})
+                                         "max_length": max_length, "spec": dataclasses.asdict(spec)})
             nbytes = sum(p.stat().st_size for p in tmp.iterdir())
     return ExportReport(Path(out_dir), experts, encoding.exact, time.perf_counter() - start, nbytes, weight_error)
 

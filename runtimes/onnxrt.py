@@ -93,6 +93,7 @@ class OnnxRuntimeEngine:
                                                 providers=["CPUExecutionProvider"])
         self.load_s = time.perf_counter() - start
         self.exact = exact
+        self.max_positions = int(self.manifest.get("max_length", self.spec.max_position_embeddings))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.reset()
 
@@ -111,9 +112,9 @@ class OnnxRuntimeEngine:
         if n == 0:
             return np.zeros((0, self.spec.vocab_size), np.float32)
         total = self.position + n
-        if total > self.spec.max_position_embeddings:
-            raise UsageError(f"sequence of {total} tokens exceeds the model's context "
-                             f"({self.spec.max_position_embeddings})")
+        if total > self.max_positions:
+            raise UsageError(f"sequence of {total} tokens exceeds the context this ONNX folder was exported for "
+                             f"({self.max_positions}; export with --max-length N for more)")
         feed = {"input_ids": np.asarray(tokens, np.int64)[None], "attention_mask": np.ones((1, total), np.int64),
                 **self.past}
         results = dict(zip(self.output_names, self.session.run(None, feed)))

@@ -244,3 +244,56 @@ def test_int4_export_is_more_accurate_than_the_genai_builder(tiny_hf, tmp_path):
     mine, theirs = measured["edgeoss int4"], measured["genai builder int4"]
     assert mine["mean_kl"] < theirs["mean_kl"] and mine["top1"] >= theirs["top1"]
     assert 0 < ours.weight_error["relative_rms_error"] < 0.1
+
+
+# ---- compact: the checkpoint's own bytes --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_mxfp4_folder_holds_about_the_checkpoints_bytes(name, request, tmp_path):
+    """MXFP4 experts as stored, dense matrices in the checkpoint's bf16 (widened by a Cast ONNX Runtime folds at
+    load), rope tables for max_length positions: model.onnx + its data within 1.1x the checkpoint's tensors."""
+    from edgeoss.formats.checkpoint import Checkpoint
+
+    source = request.getfixturevalue(f"{name}_hf")
+    folder = export_onnx(source, tmp_path / name, progress=False).path
+    model_files = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+    with Checkpoint.open(source) as ckpt:
+        assert model_files <= 1.1 * ckpt.nbytes
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert types["unembed"] == types["embed"] == types["layers.0.q.weight"] == onnx.TensorProto.BFLOAT16
+    assert types["layers.0.o.weight"] == onnx.TensorProto.BFLOAT16 and types["norm"] == onnx.TensorProto.FLOAT
+
+
+def test_default_max_length_is_capped_at_the_models_limit(tmp_path):
+    """A checkpoint with fewer positions than the default 4096 exports with its own limit, not an error."""
+    from edgeoss.formats.synth import synthesize
+    from edgeoss.runtimes.engine import load_engine
+
+    spec = preset("tiny").replace(max_position_embeddings=1024)
+    source = synthesize(tmp_path / "short", spec, "hf", seed=0, progress=False)
+    folder = export_onnx(source, tmp_path / "onnx", progress=False).path
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["search"]["max_length"] == config["model"]["context_length"] == 1024
+    assert export_info(folder)["max_length"] == 1024
+    engine = load_engine("onnxruntime", folder)
+    engine.position = 1024
+    with pytest.raises(Exception, match="exported for \\(1024"):
+        engine.step(1)
+
+
+def test_a_matrix_too_large_for_one_folded_cast_is_split_in_row_blocks(tiny_hf, tmp_path, monkeypatch):
+    """ONNX Runtime folds no Cast whose output exceeds 1 GiB (20b's unembedding is 2.3 GB as fp32): such a matrix
+    is written as row blocks, each folded, their logits concatenated; same logits."""
+    import edgeoss.exporters.onnx as exporter
+    from edgeoss.runtimes.engine import all_logits, load_engine
+    from edgeoss.validate.oracles import transformers_logits
+
+    monkeypatch.setattr(exporter, "FOLD_LIMIT", 12 << 20)  # tiny's unembedding is 51 MB as fp32: 5 blocks
+    folder = export_onnx(tiny_hf, tmp_path / "split", progress=False).path
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    blocks = [t for t in model.graph.initializer if t.name.startswith("unembed.")]
+    assert len(blocks) == 5 and sum(t.dims[0] for t in blocks) == preset("tiny").vocab_size
+    assert any(n.op_type == "Concat" and n.name.startswith("unembed") for n in model.graph.node)
+    ids = np.random.default_rng(3).integers(0, 199998, 24).tolist()
+    got = all_logits(load_engine("onnxruntime", folder), ids)
+    assert np.abs(got - transformers_logits(tiny_hf, np.array(ids))).max() <= 1e-4

@@ -21,7 +21,7 @@ from ._common import err
                    "error is printed)")
 @click.option("--max-length", type=int,
               help="tokens onnxruntime-genai preallocates the KV cache for (search.max_length) "
-                   "[default: the plan's context, else 4096]")
+                   "[default: the plan's context, else 4096 or the model's limit if lower]")
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="a plan.json (edgeoss plan): its ortgenai max_length / context sets --max-length "
                    "(QMoE keeps every expert resident, so the plan's expert order is not needed)")
@@ -29,11 +29,11 @@ from ._common import err
 def onnx(checkpoint: Path, out: Path, experts: str, max_length: int | None, plan_path: Path | None,
          force: bool) -> None:
     """Write CHECKPOINT as an ONNX folder (GroupQueryAttention with sinks, QMoE experts, genai_config.json)."""
-    from ..exporters.onnx import DEFAULT_MAX_LENGTH, export_onnx, plan_max_length
+    from ..exporters.onnx import export_onnx, plan_max_length
     from ..units import human
 
-    if max_length is None:
-        max_length = (plan_max_length(plan_path) if plan_path else None) or DEFAULT_MAX_LENGTH
+    if max_length is None and plan_path:
+        max_length = plan_max_length(plan_path)
     report = export_onnx(checkpoint, out, experts=experts, max_length=max_length, force=force)
     click.echo(str(report.path))
     line = f"wrote {escape(str(report.path))}: {human(report.nbytes)} in {report.seconds:.1f} s, experts {experts}"

@@ -352,7 +352,7 @@ def windows_model(source: Path, folder: Path, experts: str | None, context: int 
 
     if not (source / onnx_export.GENAI_CONFIG).is_file():  # a checkpoint: export straight into the bundle
         onnx_export.export_onnx(source, folder, experts=experts or onnx_export.DEFAULT_ENCODING, progress=progress,
-                                max_length=context or onnx_export.DEFAULT_MAX_LENGTH)
+                                max_length=context)
     else:
         for option, value in (("--context", context), ("--experts", experts)):
             if value is not None:
