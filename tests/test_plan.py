@@ -269,6 +269,47 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
     assert ok["prediction"]["calibration"]["memory_efficiency"] == pytest.approx(calibration.memory_efficiency)
 
 
+def test_ortgenai_holds_float32_dense_weights_every_expert_and_a_max_length_kv_cache():
+    """What ONNX Runtime holds of an edgeoss folder (issue 23): the bf16 matrices widened to float32 at load, the
+    embedding mapped as bf16, the checkpoint's MXFP4 experts mapped, a float32 KV cache of max_length cells in
+    every layer. At 20b, context 4096, 64-token prompt: measured 14.53-14.74 GiB peak (benchmarks/README.md)."""
+    spec = preset("20b")
+    w = weight_bytes(spec, "bf16", "ortgenai")
+    checkpoint = weight_bytes(spec, "bf16", "reference")
+    assert w.unembedding == 4 * spec.vocab_size * spec.hidden_size and w.embedding == checkpoint.embedding
+    assert w.attention > 2 * checkpoint.attention - 1e6  # float32 matrices, float32 vectors
+    bias_growth = 2 * spec.num_hidden_layers * spec.num_local_experts * (2 * spec.intermediate_size + spec.hidden_size)
+    assert w.experts_total == checkpoint.experts_total + bias_growth  # MXFP4 as stored, float32 biases
+    assert weight_bytes(spec, "bf16", "ortgenai-int4").expert > w.expert  # int4 + a float32 scale per 32 weights
+    plan = plan_for("20b", "h100-80gb", 4096, engine="ortgenai", prompt_tokens=64)
+    check_consistent(plan)
+    m = plan["memory"]
+    assert plan["fits_in_ram"] and plan["model"]["dense_type"] == "f32"
+    assert m["kv_cache_bytes"] == spec.num_hidden_layers * 2 * spec.kv_dim * 4 * 4096
+    assert 14.0 * GIB < m["ram_bytes"] < 15.2 * GIB
+
+
+def test_ortgenai_predicts_each_isa_and_names_a_faster_engine_where_fp4_is_slow():
+    fast = plan_for("20b", "h100-80gb", 4096, engine="ortgenai")
+    by_isa = fast["engines"]["ortgenai"]["by_isa"]
+    assert set(by_isa) == {"avx512", "avx2"}
+    assert by_isa["avx512"]["decode_tok_s"] == fast["prediction"]["decode_tok_s"]
+    assert by_isa["avx512"]["decode_tok_s"] > 10 * by_isa["avx2"]["decode_tok_s"]
+    assert not any("slow" in line for line in fast["advice"])
+    assert fast["engines"]["ortgenai"]["flags"][:2] == ["--experts", "mxfp4"]
+    phone = plan_for("tiny", "snapdragon-x-elite-16gb", 4096, engine="ortgenai")
+    assert set(phone["engines"]["ortgenai"]["by_isa"]) == {"arm64"}
+    laptop = plan_for("20b", "rtx-4060-laptop", 4096, engine="ortgenai")  # avx2, 11 GiB: does not fit either
+    check_consistent(laptop)
+    slow = next(line for line in laptop["advice"] if "slow on this device's CPU (avx2)" in line)
+    assert "even with the memory" in slow and "needs AVX-512" in slow
+    better = [line for line in laptop["advice"] if line.startswith("better here: --engine llamacpp")]
+    assert better and all(float(re.search(r"([\d.]+) tok/s", b).group(1)) > 1 for b in better)
+    int4 = plan_for("20b", "h100-80gb", 4096, engine="ortgenai-int4")
+    assert int4["engines"]["ortgenai"]["experts"] == "int4"
+    assert int4["engines"]["ortgenai"]["by_isa"]["avx2"]["decode_tok_s"] > by_isa["avx2"]["decode_tok_s"]
+
+
 # ---- the property: never over budget -----------------------------------------------------------------
 @st.composite
 def devices(draw) -> DeviceProfile:
@@ -279,8 +320,10 @@ def devices(draw) -> DeviceProfile:
     gpu_memory = {"none": 0, "discrete": draw(st.integers(1, 96)) * GIB,
                   "unified": int(ram * draw(st.floats(0.3, 0.8)))}[gpu]
     bandwidth = draw(st.floats(5, 400))
+    isa = draw(st.sampled_from(["arm64", "avx2", "avx512"]))
     return DeviceProfile(name="random", description="random", platform=draw(st.sampled_from(
-        ["android", "windows", "macos", "linux"])), cpu_arch="arm64", ram_bytes=ram, app_budget_bytes=budget,
+        ["android", "windows", "macos", "linux"])), cpu_arch="arm64" if isa == "arm64" else "x86_64", cpu_isa=isa,
+        ram_bytes=ram, app_budget_bytes=budget,
         memory_bandwidth_gb_s=bandwidth, flash_seq_read_mb_s=seq,
         flash_random_read_mb_s=seq * draw(st.floats(0.01, 1)), cpu_threads=8, cpu_gflops=draw(st.floats(10, 2000)),
         max_file_bytes=None, gpu_memory_bytes=gpu_memory, gpu_unified=gpu == "unified",
@@ -290,7 +333,8 @@ def devices(draw) -> DeviceProfile:
 
 @settings(max_examples=60, deadline=None)
 @given(devices(), st.sampled_from(["tiny", "odd", "20b", "120b"]), st.integers(1, 131072),
-       st.sampled_from(["reference", "llamacpp", "llamacpp-stream"]), st.sampled_from(["f32", "bf16", "q8_0"]),
+       st.sampled_from(["reference", "llamacpp", "llamacpp-stream", "ortgenai", "ortgenai-int4"]),
+       st.sampled_from(["f32", "bf16", "q8_0"]),
        st.sampled_from(["f16", "q8_0"]))
 def test_plans_never_exceed_the_budget(device, model, context, engine, dense_type, kv_type):
     spec = preset(model)
@@ -349,6 +393,14 @@ def test_cli_120b_on_a_phone_says_it_streams(cli):
 def test_cli_does_not_fit_is_plain(cli):
     proc = cli("plan", "--preset", "20b", "--device", "pixel-9-pro", "--engine", "llamacpp", check=True)
     assert "does not fit" in proc.stdout and "--engine reference" in proc.stdout
+
+
+def test_cli_ortgenai_prints_the_export_and_each_isa(cli):
+    proc = cli("plan", "--preset", "20b", "--device", "h100-80gb", "--engine", "ortgenai", "--context", "4096",
+               check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("onnxruntime-genai:"))
+    assert "export onnx CHECKPOINT --experts mxfp4" in line
+    assert re.search(r"avx512 [\d.]+ tok/s, avx2 [\d.]+ tok/s", " ".join(proc.stdout.split()))
 
 
 def test_cli_checkpoint_folder_trace_and_evaluate(cli, tiny_hf, tmp_path):

@@ -69,6 +69,9 @@ def base() -> dict:
     ({"gpu_memory": "4 GiB"}, "a GPU needs all of"),
     ({"flash_random_read_mb_s": 5000}, "exceeds flash_seq_read_mb_s"),
     ({"max_file": True}, "expected a size"),
+    ({"cpu_isa": "avx512"}, "cpu_isa = 'avx512': expected arm64 for cpu_arch arm64"),
+    ({"cpu_arch": "x86_64"}, "cpu_isa = 'arm64': expected avx512 or avx2 for cpu_arch x86_64"),
+    ({"cpu_isa": None}, "missing key 'cpu_isa'"),
 ])
 def test_validation_is_one_line(change, message):
     data = base()
@@ -124,3 +127,17 @@ def test_measure_writes_a_profile_the_planner_accepts(cli, tmp_path):
     assert "# measured:" in out.read_text()
     planned = json.loads(cli("plan", "--preset", "tiny", "--device", out, "--json", check=True).stdout)
     assert planned["device"]["name"] == "here" and planned["fits"]
+
+
+@pytest.mark.parametrize("flags, isa", [("fpu sse avx2 avx512f avx512bw avx512vl avx512_vnni", "avx512"),
+                                        ("fpu sse avx2 avx512f", "avx2"), ("fpu sse avx2", "avx2")])
+def test_measure_reads_the_vector_isa_from_cpuinfo(tmp_path, flags, isa):
+    from edgeoss.validate.device_measure import this_cpu_arch, this_cpu_isa
+
+    if this_cpu_arch() != "x86_64":
+        pytest.skip("reads x86 flags")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    found, how = this_cpu_isa(cpuinfo)
+    assert found == isa and str(cpuinfo) in how
+    assert this_cpu_isa(tmp_path / "missing")[0] == "avx2"

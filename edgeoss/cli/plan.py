@@ -53,10 +53,11 @@ def _spec_and_source(checkpoint: Path | None, preset_name: str | None):
               help="router trace (npz) whose statistics choose the pinned experts")
 @click.option("--dense-type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="bf16", show_default=True)
 @click.option("--kv-type", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f16", show_default=True)
-@click.option("--engine", type=click.Choice(["reference", "llamacpp", "llamacpp-stream"]), default="reference",
-              show_default=True,
+@click.option("--engine", type=click.Choice(["reference", "llamacpp", "llamacpp-stream", "ortgenai", "ortgenai-int4"]),
+              default="reference", show_default=True,
               help="reference and llamacpp-stream (llama.cpp with edgeoss's expert store) stream experts from "
-                   "flash; llamacpp keeps them all resident")
+                   "flash; llamacpp keeps them all resident; ortgenai (MXFP4 experts) and ortgenai-int4 map them all "
+                   "(onnxruntime-genai)")
 @click.option("--calibrate", "calibration_path", type=click.Path(path_type=Path, dir_okay=False),
               help="`edgeoss profile --json` output of the same engine on the device, or JSON efficiencies")
 @click.option("--prompt-tokens", type=int, default=512, show_default=True, help="prompt length for TTFT")
@@ -138,7 +139,12 @@ def _print_plan(p: dict) -> None:
               f"{', ' + human(llama['gpu_bytes']) + ' GPU' if llama['gpu_bytes'] else ''}): "
               f"llama-server -m MODEL.gguf {' '.join(llama['flags'])}", soft_wrap=True)
     stream = p["engines"].get("llamacpp_stream")
-    if stream:
+    onnx = p["engines"]["ortgenai"]
+    if "by_isa" in onnx:
+        isas = ", ".join(f"{isa} {v['decode_tok_s']:.2f} tok/s" for isa, v in onnx["by_isa"].items())
+        out.print(f"onnxruntime-genai: edgeoss export onnx CHECKPOINT {' '.join(onnx['flags'])} (max_length "
+                  f"{onnx['max_length']}; decode by CPU vector ISA: {isas})", soft_wrap=True)
+    elif stream:
         out.print(f"llama.cpp with edgeoss's expert store: edgeoss run MODEL.gguf {' '.join(stream['flags'])} "
                   f"(expert budget {human(stream['memory_budget'])}, n_ubatch {stream['n_ubatch']}, mmap, no repack)",
                   soft_wrap=True)

@@ -28,11 +28,12 @@ from edgeoss.formats import tokenizer
 from edgeoss.atomic import atomic_dir
 from edgeoss.package.bundle import BundleError, link_or_copy
 from edgeoss.errors import UsageError
+from edgeoss.planner.memory import ENGINES, kv_cache, weight_bytes
 from edgeoss.planner.plan import write_plan
 from edgeoss.planner.profiles import DeviceProfile, load_profile
 from edgeoss.formats.ggml_gguf import GGUFMetadata
 from edgeoss.progress import byte_progress
-from edgeoss.formats.spec import ModelSpec, kv_cache_bytes, sizes
+from edgeoss.formats.spec import ModelSpec, sizes
 from edgeoss.units import human
 
 ANDROID_DIRS = ("/data/local/tmp/edgeoss-bundle", "/sdcard/Android/data/org.edgeoss.demo/files/edgeoss-bundle")
@@ -369,16 +370,31 @@ def windows_model(source: Path, folder: Path, experts: str | None, context: int 
     return spec, int(max_length), export_manifest.get("experts", "int8")
 
 
-ORT_RUNTIME_BYTES = 256 << 20  # estimate: onnxruntime + genai libraries, arena slack and scratch on CPU
+# The CPU vector ISAs each expert encoding runs fast on in ONNX Runtime 1.32 (edgeoss/planner/kernels.py)
+FAST_ON = {"mxfp4": ["avx512"], "int4": ["avx512", "avx2", "arm64"], "int8": ["avx512", "avx2", "arm64"]}
+
+
+def _installed(package: str) -> str:
+    """The version of an engine package this bundle is made (and checked) with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def windows_memory(spec: ModelSpec, folder: Path, max_length: int) -> int:
-    """RAM the folder needs in onnxruntime-genai on CPU: the weights it loads (the external data file), the fp32
-    KV cache it preallocates for max_length tokens (sliding layers hold the window), and the runtime."""
+    """RAM the folder needs in onnxruntime-genai on CPU: the weights it loads (the external data file), plus the
+    bf16 matrices' widening to float32 when ONNX Runtime folds their Casts at load (all but the embedding), the
+    float32 KV cache it preallocates for max_length tokens in every layer, and the runtime (the planner's
+    onnxruntime-genai model, edgeoss/planner/memory.py)."""
     from edgeoss.exporters.onnx import DATA, MODEL
 
     weights = (folder / DATA).stat().st_size + (folder / MODEL).stat().st_size
-    return weights + kv_cache_bytes(spec, max_length, kv_dtype_bytes=4)["total"] + ORT_RUNTIME_BYTES
+    widened = weight_bytes(spec, "bf16", "ortgenai").dense - weight_bytes(spec, "bf16", "reference").dense
+    kv = kv_cache(spec, max_length, "f32", "ortgenai").total_bytes
+    return weights + widened + kv + ENGINES["ortgenai"].runtime_bytes
 
 
 # ---- READMEs ------------------------------------------------------------------------------------------------------
@@ -444,6 +460,7 @@ def windows_readme(folder: Path, manifest: dict[str, Any], experts: str) -> str:
     """Check and run steps for a Windows bundle (onnxruntime-genai on CPU)."""
     model, memory = manifest["model"], manifest["memory"]
     max_length = manifest["engine"]["settings"]["max_length"]
+    ort, genai = manifest["engine"]["onnxruntime"], _installed("onnxruntime-genai")
     run = "\n".join(f"    {line}" for line in (
         "import json, onnxruntime_genai as og",
         "model = og.Model(r\"<this folder>\")",
@@ -468,11 +485,15 @@ def windows_readme(folder: Path, manifest: dict[str, Any], experts: str) -> str:
         "    edgeoss package verify <this folder>",
         "From the zip: `Expand-Archive <bundle>.zip -DestinationPath <folder>` (PowerShell), then verify the folder.",
         "## 2. Run (Python, CPU)",
-        "    pip install onnxruntime==1.32.0 onnxruntime-genai==0.18.0",
+        f"    pip install onnxruntime=={ort} onnxruntime-genai=={genai}",
+        f"Packaged with onnxruntime {ort} and onnxruntime-genai {genai}.",
         *(["The experts are MXFP4 as gpt-oss stores them (QMoE fp4), exact with no setting. They need onnxruntime "
-           "1.32 or newer, and they are fast on CPUs with AVX-512 (Intel Xeon and some Core generations, AMD Zen 4 "
-           "and newer): without AVX-512, ONNX Runtime's fp4 kernel was measured about 70x slower. On such a CPU "
-           "package with `--experts int4` (lossy) or run the GGUF in llama.cpp."]
+           "1.32 or newer, and **this bundle is fast only on x86-64 CPUs with AVX-512** (Intel Xeon and some Core "
+           "generations, AMD Zen 4 and newer; the manifest's `engine.fast_on_cpu_isa`): without AVX-512 (most "
+           "Intel laptop CPUs since the 12th generation, and Windows on Arm) ONNX Runtime's fp4 kernel was "
+           "measured 42x slower end to end at 20b (0.12 against 4.95 tok/s). On such a CPU package with "
+           "`--experts int4` (lossy) or run the GGUF in llama.cpp; `edgeoss plan --engine ortgenai --device ...` "
+           "predicts both."]
           if experts == "mxfp4" else
           ["Optional, for int8 experts computed exactly (fp32 activations in the MoE, slower): "
            "`set ORT_QMOE_CPU_QNBIT_GEMM=fp32` before starting Python."] if experts == "int8" else []),
@@ -498,7 +519,8 @@ def package_windows(source: str | Path, out: str | Path, *, experts: str | None 
         needed = windows_memory(spec, folder, max_length)
         fields = {"model": model_fields(spec), "context": max_length,
                   "memory": {"min_free_ram_bytes": needed, "app_budget_bytes": budget or needed},
-                  "engine": {"name": "onnxruntime-genai", "model_folder": ".",
+                  "engine": {"name": "onnxruntime-genai", "model_folder": ".", "onnxruntime": _installed("onnxruntime"),
+                             "experts": encoding, "fast_on_cpu_isa": FAST_ON.get(encoding, []),
                              "settings": {"max_length": max_length, "provider": "cpu"}},
                   **add_tokenizer(folder)}
         _finish(folder, report, fields, lambda: windows_readme(folder, fields, encoding), progress)

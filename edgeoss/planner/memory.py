@@ -62,6 +62,8 @@ F32_BYTES = 4
 LLAMACPP_PAD = 256  # llama.cpp rounds KV cells up to this
 ANDROID_APP_BYTES = 160 * MIB  # estimate: an Android app's ART process around the engine
 GPU_CONTEXT_BYTES = 512 * MIB  # estimate: CUDA context and driver reservations on a discrete GPU
+ORT_RUNTIME_BYTES = 256 * MIB  # measured 243 MiB at 20b (see ENGINES["ortgenai"]), rounded up
+INT4_BYTES_PER_WEIGHT = (16 + 4) / 32  # ONNX int4 experts: 4-bit codes and a float32 scale per block of 32
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class EngineTraits:
     """How an engine lays out and uses memory."""
 
     name: str
-    weight_format: str  # "checkpoint" or "gguf"
+    weight_format: str  # "checkpoint", "gguf" or "onnx"
     streams_experts: bool  # can run with experts left on flash
-    prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch; its store may shrink it, `stream_ubatch`)
-    materializes_scores: bool  # attention scores [chunk, heads, context] exist at once
+    prefill_chunk: int  # tokens per prefill step (llama.cpp: n_ubatch; its store may shrink it, `stream_ubatch`;
+    # 0: the whole prompt in one step)
+    materializes_scores: bool  # attention scores [chunk, heads, context (whole prompt: chunk)] exist at once
     logits_per_position: bool  # prefill returns a logits row for every prompt position
     runtime_bytes: int
     maps_embedding: bool  # the embedding table is mapped from the file: only touched rows are resident
@@ -90,6 +93,12 @@ ENGINES = {
     # the interpreter, ~70 MiB)
     "llamacpp-stream": EngineTraits("llamacpp-stream", "gguf", True, 512, False, False, 64 * MIB, True, None,
                                     reads_per_expert=3, page_slots=True),
+    # onnxruntime-genai on an edgeoss ONNX folder: MXFP4 experts (QMoE fp4) or int4 ones; the whole prompt in one
+    # step; GroupQueryAttention's scores; a logits row per position; KV in float32 for max_length positions in
+    # every layer. Runtime bytes measured: RSS after loading 20b less the resident dense weights and the Python
+    # interpreter (benchmarks/README.md, issue 23).
+    "ortgenai": EngineTraits("ortgenai", "onnx", False, 0, True, True, ORT_RUNTIME_BYTES, True, "f32"),
+    "ortgenai-int4": EngineTraits("ortgenai-int4", "onnx", False, 0, True, True, ORT_RUNTIME_BYTES, True, "f32"),
 }
 STREAM_UBATCH = ENGINES["llamacpp-stream"].prefill_chunk
 
@@ -152,22 +161,30 @@ MATRIX_KINDS = ("embedding", "unembedding", "attention")
 def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
     dense_b = _type_bytes(DENSE_TYPES, dense_type, "dense type")
     traits = engine_traits(engine)
-    gguf = traits.weight_format == "gguf"
-    other_b = F32_BYTES if gguf or dense_type == "f32" else STORED_BYTES
+    onnx = traits.weight_format == "onnx"
+    if onnx:  # ONNX Runtime folds the bf16 matrices' Casts at load: float32 in RAM, but the Gathered embedding
+        dense_b = F32_BYTES
+    wide = traits.weight_format in ("gguf", "onnx")  # vectors, router and expert biases in float32
+    other_b = F32_BYTES if wide or dense_type == "f32" else STORED_BYTES
     by_kind = dict.fromkeys(("embedding", "unembedding", "attention", "router", "norm", "expert_biases"), 0)
     expert_layer = 0.0
     for info in tensor_table(spec):
         if info.kind == "experts":
             bias = info.name.endswith(".bias")
-            bias_bytes = info.numel * (F32_BYTES if gguf else STORED_BYTES)
+            bias_bytes = info.numel * (F32_BYTES if wide else STORED_BYTES)
             if bias and traits.page_slots:
                 by_kind["expert_biases"] += bias_bytes
+            elif info.layer == 0 and bias:
+                expert_layer += bias_bytes
+            elif info.layer == 0 and engine == "ortgenai-int4":  # 32 weights per 16 bytes of blocks
+                expert_layer += 0 if info.name.endswith(".scales") else 2 * info.numel * INT4_BYTES_PER_WEIGHT
             elif info.layer == 0:
-                expert_layer += bias_bytes if bias else info.numel  # blocks and scales are bytes already
+                expert_layer += info.numel  # MXFP4 blocks and scales are bytes already
             continue
         matrix = len(info.shape) == 2 and info.kind in MATRIX_KINDS
-        by_kind[info.kind] += math.ceil(info.numel * (dense_b if matrix else other_b))
-    row = math.ceil(spec.hidden_size * dense_b)
+        stored = STORED_BYTES if onnx and info.kind == "embedding" else dense_b
+        by_kind[info.kind] += math.ceil(info.numel * (stored if matrix else other_b))
+    row = math.ceil(spec.hidden_size * (STORED_BYTES if onnx else dense_b))
     return WeightBytes(embedding=by_kind["embedding"], unembedding=by_kind["unembedding"],
                        attention=by_kind["attention"], router=by_kind["router"], norms=by_kind["norm"],
                        expert=int(expert_layer) // spec.num_local_experts, embedding_row=row,
@@ -221,9 +238,12 @@ class KvCache:
 
 def kv_cache(spec: ModelSpec, context: int, kv_type: str, engine: str) -> KvCache:
     per_cell = 2 * spec.kv_dim * _type_bytes(KV_TYPES, kv_type, "KV type")  # K and V
-    if engine_traits(engine).weight_format == "gguf":
+    weight_format = engine_traits(engine).weight_format
+    if weight_format == "gguf":
         full = _pad(context, LLAMACPP_PAD)
         sliding = min(_pad(spec.sliding_window + ENGINES["llamacpp"].prefill_chunk, LLAMACPP_PAD), full)
+    elif weight_format == "onnx":  # onnxruntime-genai allocates max_length cells in every layer
+        full = sliding = context
     else:
         full, sliding = context, min(context, spec.sliding_window)
     return KvCache(full, sliding, math.ceil(len(spec.full_layers) * full * per_cell),
@@ -252,9 +272,10 @@ def resident_dense_bytes(w: WeightBytes, context: int, engine: str) -> int:
 
 def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int, prompt_tokens: int = 1) -> int:
     t = engine_traits(engine)
-    chunk = min(context, t.prefill_chunk)
+    chunk = min(context, t.prefill_chunk or max(1, prompt_tokens))
     activations = 4 * chunk * activation_floats_per_token(spec)
-    scores = 4 * chunk * spec.num_attention_heads * context if t.materializes_scores else 0
+    span = context if t.prefill_chunk else chunk  # a whole-prompt prefill attends over the prompt only
+    scores = 4 * chunk * spec.num_attention_heads * span if t.materializes_scores else 0
     prompt = min(context, max(1, prompt_tokens))
     if t.logits_per_position:  # the prompt's rows, and a chunk's own rows while a long prompt fills them
         logits_rows = prompt + (chunk if prompt > chunk else 0)

@@ -12,7 +12,7 @@ none removed or renamed without a new version):
                     experts_per_token, expert_bytes (one expert of one layer, as the engine stores it),
                     expert_slot_bytes (what one resident expert occupies: llama.cpp's store rounds its slices
                     to pages), dense_type, kv_type, weight_bytes (all weights in the engine's format)
-    device          name, description, platform, cpu_arch, ram_bytes, app_budget_bytes, gpu_memory_bytes,
+    device          name, description, platform, cpu_arch, cpu_isa, ram_bytes, app_budget_bytes, gpu_memory_bytes,
                     gpu_unified, memory_bandwidth_gb_s, flash_seq_read_mb_s, max_file_bytes (null: no limit)
     engine          the engine the fit and the prediction are for: "reference" (streams experts from
                     flash), "llamacpp" (every expert resident, per-layer CPU/GPU split) or "llamacpp-stream"
@@ -73,9 +73,10 @@ from .cache_sim import compare, replay
 from ..errors import UsageError
 from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, STREAM_UBATCH, engine_kv_type, engine_traits,
                      kv_cache, overhead_bytes, resident_dense_bytes, scratch_bytes, stream_ubatch, weight_bytes)
+from .kernels import SLOW_FRACTION, expert_kernel
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
 from .predict import Calibration, Layout, Prediction, predict, read_latency_s, uniform_misses_per_token
-from .profiles import DeviceProfile
+from .profiles import CPU_ISAS, DeviceProfile
 from ..formats.routing_trace import Trace
 from ..formats.spec import ModelSpec
 from .traces import split_trace
@@ -160,7 +161,32 @@ def _parts(dense: int, kv, scratch: int, overhead: int, experts: int) -> dict:
 
 def fit(req: PlanRequest) -> Fit:
     """Memory of `req` on its device, without placing experts (cheap: used to search alternatives)."""
-    return _fit_streaming(req) if engine_traits(req.engine).streams_experts else _fit_llamacpp(req)
+    traits = engine_traits(req.engine)
+    if traits.streams_experts:
+        return _fit_streaming(req)
+    return _fit_mapped(req) if traits.weight_format == "onnx" else _fit_llamacpp(req)
+
+
+def _fit_mapped(req: PlanRequest) -> Fit:
+    """onnxruntime-genai: the dense weights widened to float32 at load, the embedding and every expert mapped
+    from the file, the KV cache for max_length (= context) positions. ONNX Runtime pins nothing: below this the
+    kernel re-reads mapped experts from flash at every token (benchmarks/README.md, issue 23: 0.45-1.06 tok/s
+    at 8-12 GiB for 20b), so the plan counts every expert resident."""
+    spec, device, engine = req.spec, req.device, req.engine
+    w = weight_bytes(spec, req.dense_type, engine)
+    kv = _kv(req)
+    scratch = scratch_bytes(spec, req.context, engine, w.expert, req.prompt_tokens)
+    overhead = overhead_bytes(engine, device.platform)
+    budget = device.app_budget_bytes
+    parts = _parts(resident_dense_bytes(w, req.context, engine), kv, scratch, overhead, w.experts_total)
+    ram = sum(parts.values())
+    memory = _memory_section(parts, kv, ram_bytes=ram, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
+    if ram + reserve_bytes(budget) > budget:
+        return Fit(False, memory, f"ONNX Runtime maps every expert and pins none: {human(ram)} (dense weights "
+                                  f"widened to float32, experts, float32 KV cache) plus {human(reserve_bytes(budget))} "
+                                  f"free exceeds the app budget of {human(budget)}; below that it re-reads "
+                                  "experts from flash at every token")
+    return Fit(True, memory, resident_slots=spec.num_hidden_layers * spec.num_local_experts)
 
 
 def _fit_streaming(req: PlanRequest) -> Fit:
@@ -238,6 +264,10 @@ def make_plan(req: PlanRequest) -> dict:
     if not result.fits:
         plan["alternatives"] = alternatives(req)
         plan["advice"] = _does_not_fit_advice(req, result, plan["alternatives"])
+        if expert_kernel(req.engine, req.device.cpu_isa).decode < SLOW_FRACTION:  # and where it would fit
+            everything = dataclasses.replace(result, resident_slots=req.spec.num_hidden_layers
+                                             * req.spec.num_local_experts)
+            plan["advice"] += _slow_kernel_advice(req, _place_and_predict(req, everything)[1], fits=False)
         return plan
     placement, prediction = _place_and_predict(req, result)
     total = req.spec.num_hidden_layers * req.spec.num_local_experts
@@ -245,6 +275,8 @@ def make_plan(req: PlanRequest) -> dict:
     plan["experts"] = _experts_section(req, placement)
     plan["prediction"] = prediction.as_dict() | {"calibration": dataclasses.asdict(req.calibration)}
     plan["engines"] = engine_settings(req, placement)
+    if engine_traits(req.engine).weight_format == "onnx":
+        plan["engines"]["ortgenai"]["by_isa"] = _by_isa(req, result)
     if not plan["fits_in_ram"]:
         plan["alternatives"] = alternatives(req)
     plan["advice"] = _advice(req, plan, prediction)
@@ -304,7 +336,9 @@ def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chun
     traits = engine_traits(req.engine)
     return Layout(dense_on_gpu=settings.get("dense_on_gpu", False),
                   gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses_per_token,
-                  prefill_chunk=prefill_chunk or traits.prefill_chunk, reads_per_expert=traits.reads_per_expert)
+                  prefill_chunk=prefill_chunk or traits.prefill_chunk or req.prompt_tokens,
+                  reads_per_expert=traits.reads_per_expert,
+                  expert_kernel=expert_kernel(req.engine, req.device.cpu_isa))
 
 
 def held_out_misses(trace: Trace, slots: int, spec: ModelSpec, cache_slots: int | None = None) -> float:
@@ -328,13 +362,15 @@ def _model_section(req: PlanRequest) -> dict:
     w = weight_bytes(spec, req.dense_type, req.engine)
     return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
             "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
-            "expert_bytes": w.expert, "expert_slot_bytes": w.slot, "dense_type": req.dense_type,
+            "expert_bytes": w.expert, "expert_slot_bytes": w.slot,
+            "dense_type": "f32" if engine_traits(req.engine).weight_format == "onnx" else req.dense_type,
             "kv_type": engine_kv_type(req.engine, req.kv_type),
             "weight_bytes": w.dense + w.experts_total}
 
 
 def _device_section(d: DeviceProfile) -> dict:
     return {"name": d.name, "description": d.description, "platform": d.platform, "cpu_arch": d.cpu_arch,
+            "cpu_isa": d.cpu_isa,
             "ram_bytes": d.ram_bytes, "app_budget_bytes": d.app_budget_bytes, "gpu_memory_bytes": d.gpu_memory_bytes,
             "gpu_unified": d.gpu_unified, "memory_bandwidth_gb_s": d.memory_bandwidth_gb_s,
             "flash_seq_read_mb_s": d.flash_seq_read_mb_s, "max_file_bytes": d.max_file_bytes}
@@ -384,13 +420,32 @@ def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
         "llamacpp": llamacpp_settings(req),
         "ortgenai": {"max_length": req.context, "past_present_share_buffer": True,
                      "provider": "cuda" if discrete_gpu else "cpu",
-                     "search": {"max_length": req.context, "past_present_share_buffer": True}},
+                     "search": {"max_length": req.context, "past_present_share_buffer": True},
+                     "experts": ONNX_EXPERTS.get(req.engine, "mxfp4"), "cpu_isa": req.device.cpu_isa,
+                     "flags": ["--experts", ONNX_EXPERTS.get(req.engine, "mxfp4"), "--plan", "plan.json"]},
         "reference": {"memory_budget": placement.slots * w.expert, "pinned": placement.pinned_ids(),
                       "cache_slots": placement.cache_slots,
                       "prefill_chunk": engine_traits("reference").prefill_chunk, "dense_type": req.dense_type,
                       "kv_type": engine_kv_type("reference", req.kv_type), "flags": ["--plan", "plan.json"]},
         "llamacpp_stream": llamacpp_stream_settings(req, placement) if req.engine == "llamacpp-stream" else None,
     }
+
+
+ONNX_EXPERTS = {"ortgenai": "mxfp4", "ortgenai-int4": "int4"}  # engine -> `export onnx --experts`
+
+
+def _by_isa(req: PlanRequest, result: Fit) -> dict:
+    """An ONNX plan's prediction on every vector ISA of the device's architecture (its expert kernel's measured
+    rate on each, edgeoss/planner/kernels.py): what the same model does on a CPU with or without AVX-512."""
+    found = {}
+    for isa, arch in CPU_ISAS.items():
+        if arch == req.device.cpu_arch:
+            at = req.replace(device=dataclasses.replace(req.device, cpu_isa=isa))
+            _, p = _place_and_predict(at, result)
+            kernel = expert_kernel(req.engine, isa)
+            found[isa] = {"decode_tok_s": p.decode_tok_s, "ttft_s": p.ttft_s, "kernel_decode_fraction": kernel.decode,
+                          "kernel_prefill_fraction": kernel.prefill, "kernel_source": kernel.source}
+    return found
 
 
 def llamacpp_stream_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
@@ -478,6 +533,13 @@ def _candidate_changes(req: PlanRequest) -> list[tuple[str, str, PlanRequest]]:
     context = largest_context(req)
     if 0 < context < req.context:
         changes.append((f"context {context}", f"--context {context}", req.replace(context=context)))
+    if engine_traits(req.engine).weight_format == "onnx":
+        changes = [c for c in changes if c[1].startswith("--context")]  # the export fixes dense and KV types
+        changes.append(("llama.cpp, every expert resident", "--engine llamacpp",
+                        req.replace(engine="llamacpp", use_mmap=None)))
+        if req.engine != "ortgenai-int4":
+            changes.append(("onnxruntime-genai with int4 experts (lossy: 83-89 % top-1 agreement on tiny and odd)",
+                            "--engine ortgenai-int4", req.replace(engine="ortgenai-int4")))
     if req.engine != "llamacpp-stream":
         changes.append(("stream experts from flash (llama.cpp with edgeoss's expert store)",
                         "--engine llamacpp-stream", req.replace(engine="llamacpp-stream", use_mmap=None)))
@@ -531,6 +593,7 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
         if max([p.decode_tok_s] + [a["decode_tok_s"] for a in faster]) < SLOW_TOK_S:
             advice.append(f"{p.decode_tok_s:.2f} tok/s is below what users accept as usable "
                           f"(~{SLOW_TOK_S:g} tok/s); a smaller model or a device with more RAM fits better")
+    advice += _slow_kernel_advice(req, p)
     llamacpp = plan["engines"]["llamacpp"]
     if req.engine != "llamacpp" and llamacpp["fits"]:
         advice.append(f"llama.cpp can hold the whole model here: {' '.join(llamacpp['flags'])}")
@@ -543,6 +606,23 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
         advice.append(f"the weights ({human(w.dense + w.experts_total)}) exceed the largest file this device's "
                       f"app storage accepts ({human(limit)}): split them into {shards}+ files "
                       f"(GGUF: export with --split-max-size {limit})")
+    return advice
+
+
+def _slow_kernel_advice(req: PlanRequest, p: Prediction, fits: bool = True) -> list[str]:
+    """Where the engine's expert kernel is slow on the device's ISA (ONNX Runtime's fp4 MoE without AVX-512):
+    say so, with the options that run faster and their predictions (for a plan that does not fit, what it would
+    run at with the memory)."""
+    kernel = expert_kernel(req.engine, req.device.cpu_isa)
+    if kernel.decode >= SLOW_FRACTION:
+        return []
+    advice = [f"the {req.engine} expert kernel is slow on this device's CPU ({req.device.cpu_isa}): "
+              f"{100 * kernel.decode:.2g} % of llama.cpp's throughput decoding, {100 * kernel.prefill:.2g} % "
+              f"prefilling ({kernel.source}) -> {p.decode_tok_s:.2f} tok/s, TTFT {p.ttft_s:.0f} s predicted"
+              f"{'' if fits else ' even with the memory'}; ONNX Runtime 1.32's fast fp4 MoE path needs AVX-512"]
+    for a in alternatives(req):
+        if a["flag"].startswith("--engine") and a["decode_tok_s"] > p.decode_tok_s:
+            advice.append(f"better here: {a['flag']} ({a['change']}): {a['decode_tok_s']:.2f} tok/s predicted")
     return advice
 
 

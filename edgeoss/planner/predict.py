@@ -5,7 +5,9 @@ One decoded token (at a full context, the slowest point):
 - reads the dense weights it uses (all but the embedding table, of which it reads one row), the whole KV
   cache, and k experts per layer: a hit is read from RAM (or GPU memory, for llama.cpp layers on the GPU),
   a miss from flash;
-- computes 2 FLOP per weight it uses plus attention (4 x q_dim FLOP per cached position per layer);
+- computes 2 FLOP per weight it uses plus attention (4 x q_dim FLOP per cached position per layer); an expert
+  kernel slower than llama.cpp's (ONNX Runtime's QMoE, by CPU ISA: edgeoss/planner/kernels.py) reaches only a
+  measured fraction of cpu_gflops, so its FLOP count divided by that fraction;
 - time = max(host bytes / (RAM bandwidth x memory efficiency), host FLOP / CPU throughput)
        + max(GPU bytes / (GPU bandwidth x memory efficiency), GPU FLOP / GPU throughput)
        + misses x (reads per expert x read latency + expert bytes / (flash sequential x flash efficiency)),
@@ -33,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import UsageError
+from .kernels import LLAMA_CPP, KernelRate
 from .memory import KvCache, WeightBytes
 from .profiles import DeviceProfile
 from ..formats.spec import ModelSpec, sizes
@@ -73,6 +76,7 @@ class Layout:
     misses_per_token: float  # experts read from flash per decoded token
     prefill_chunk: int
     reads_per_expert: int = 0  # contiguous reads of one missed expert (the engine's)
+    expert_kernel: KernelRate = LLAMA_CPP  # the share of cpu_gflops the expert kernel reaches
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
     # decode
     dense_bytes = weights.dense_per_token + kv.total_bytes
     dense_flops = 2 * dense_params + _attention_flops(spec, kv.full_cells, kv.sliding_cells)
-    expert_bytes, expert_flops = hits * weights.expert, 2 * per_token * expert_params
+    kernel = layout.expert_kernel  # a slower expert kernel counts as more FLOP at cpu_gflops
+    expert_bytes, expert_flops = hits * weights.expert, 2 * per_token * expert_params / kernel.decode
     gpu_bytes = (dense_bytes if layout.dense_on_gpu else 0) + expert_bytes * gpu_share
     ram_bytes = (0 if layout.dense_on_gpu else dense_bytes) + expert_bytes * (1 - gpu_share)
     gpu_flops = (dense_flops if layout.dense_on_gpu else 0) + expert_flops * gpu_share
@@ -151,7 +156,7 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
         attn = _attention_flops(spec, c * (start + end) / 2, c * min(end, spec.sliding_window))
         chunk_dense_flops = 2 * dense_params * c + attn
         chunk_expert_bytes = distinct * (1 - miss_rate) * weights.expert
-        chunk_expert_flops = 2 * per_token * expert_params * c
+        chunk_expert_flops = 2 * per_token * expert_params * c / kernel.prefill
         ttft += _tier_s((0 if layout.dense_on_gpu else weights.dense_per_token) + chunk_expert_bytes * (1 - gpu_share),
                         (0 if layout.dense_on_gpu else chunk_dense_flops) + chunk_expert_flops * (1 - gpu_share),
                         device.memory_bandwidth_gb_s, device.cpu_gflops, cal)

@@ -27,6 +27,9 @@ PROFILE_DIRS = (PACKAGE_DIR / "device_profiles", PACKAGE_DIR.parent / "profiles"
 
 PLATFORMS = ("android", "windows", "macos", "linux")
 CPU_ARCHS = ("arm64", "x86_64")
+# the widest vector ISA the CPU offers, as engines dispatch on it (ONNX Runtime 1.32's fp4 MoE kernel is fast
+# only with AVX-512): x86_64 is "avx512" or "avx2", arm64 is "arm64" (NEON)
+CPU_ISAS = {"avx512": "x86_64", "avx2": "x86_64", "arm64": "arm64"}
 UNLIMITED = "unlimited"
 
 
@@ -38,6 +41,7 @@ class DeviceProfile:
     description: str
     platform: str
     cpu_arch: str
+    cpu_isa: str  # avx512, avx2 or arm64 (CPU_ISAS)
     ram_bytes: int
     app_budget_bytes: int  # what one app can hold before the OS takes it away
     memory_bandwidth_gb_s: float
@@ -64,7 +68,8 @@ class DeviceProfile:
 # TOML key -> (field, kind); kinds: str, int, float, bool, size, file_limit
 _KEYS = {
     "name": ("name", "str"), "description": ("description", "str"), "platform": ("platform", "str"),
-    "cpu_arch": ("cpu_arch", "str"), "ram": ("ram_bytes", "size"), "app_budget": ("app_budget_bytes", "size"),
+    "cpu_arch": ("cpu_arch", "str"), "cpu_isa": ("cpu_isa", "str"),
+    "ram": ("ram_bytes", "size"), "app_budget": ("app_budget_bytes", "size"),
     "memory_bandwidth_gb_s": ("memory_bandwidth_gb_s", "float"),
     "flash_seq_read_mb_s": ("flash_seq_read_mb_s", "float"),
     "flash_random_read_mb_s": ("flash_random_read_mb_s", "float"),
@@ -74,7 +79,7 @@ _KEYS = {
     "gpu_memory_bandwidth_gb_s": ("gpu_memory_bandwidth_gb_s", "float"), "gpu_gflops": ("gpu_gflops", "float"),
     "npu_tops": ("npu_tops", "float"), "npu_memory": ("npu_memory_bytes", "size"),
 }
-_REQUIRED = ("name", "description", "platform", "cpu_arch", "ram", "app_budget", "memory_bandwidth_gb_s",
+_REQUIRED = ("name", "description", "platform", "cpu_arch", "cpu_isa", "ram", "app_budget", "memory_bandwidth_gb_s",
              "flash_seq_read_mb_s", "flash_random_read_mb_s", "cpu_threads", "cpu_gflops", "max_file")
 _GPU_KEYS = ("gpu_memory", "gpu_unified", "gpu_memory_bandwidth_gb_s", "gpu_gflops")
 
@@ -131,6 +136,9 @@ def _check(p: DeviceProfile, where: str) -> None:
         raise UsageError(f"{where}: platform = {p.platform!r}: expected one of {', '.join(PLATFORMS)}")
     if p.cpu_arch not in CPU_ARCHS:
         raise UsageError(f"{where}: cpu_arch = {p.cpu_arch!r}: expected one of {', '.join(CPU_ARCHS)}")
+    if CPU_ISAS.get(p.cpu_isa) != p.cpu_arch:
+        isas = [isa for isa, arch in CPU_ISAS.items() if arch == p.cpu_arch]
+        raise UsageError(f"{where}: cpu_isa = {p.cpu_isa!r}: expected {' or '.join(isas)} for cpu_arch {p.cpu_arch}")
     if p.app_budget_bytes > p.ram_bytes:
         raise UsageError(f"{where}: app_budget ({human(p.app_budget_bytes)}) exceeds ram ({human(p.ram_bytes)})")
     if p.flash_random_read_mb_s > p.flash_seq_read_mb_s:

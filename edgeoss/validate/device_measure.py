@@ -8,6 +8,7 @@
 - CPU throughput: the reference runtime's MXFP4 matmul kernel (edgeoss.runtimes.kernels) on gpt-oss-sized
   expert matrices: one token (a decode matvec, reported as GB/s of MXFP4 weights) and a batch of 64 tokens
   (reported as GFLOP/s, the profile's cpu_gflops).
+- Vector ISA: arm64, or avx512 when /proc/cpuinfo lists AVX-512 F, BW and VL, else avx2.
 - Largest file: 4 GiB - 1 on FAT file systems, otherwise unlimited.
 GPUs are not measured; add the gpu_* keys by hand (profiles/README.md).
 """
@@ -152,6 +153,22 @@ def this_cpu_arch() -> str:
     raise UsageError(f"cannot describe a {machine!r} CPU: profiles know arm64 and x86_64")
 
 
+AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl")  # what x86 engines' AVX-512 paths check for
+
+
+def this_cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
+    """(cpu_isa, how it was found): arm64, or avx512 when the CPU reports AVX-512 F, BW and VL, else avx2."""
+    if this_cpu_arch() == "arm64":
+        return "arm64", "measured: platform.machine()"
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return "avx2", f"assumed: {cpuinfo} unreadable, so AVX-512 could not be confirmed"
+    isa = "avx512" if all(f in flags for f in AVX512_FLAGS) else "avx2"
+    return isa, f"measured: {cpuinfo} flags ({', '.join(AVX512_FLAGS)}: {'all' if isa == 'avx512' else 'not all'})"
+
+
 def max_file_bytes(folder: Path) -> int | None:
     folder = Path(folder).resolve()
     best, fstype = -1, ""
@@ -169,14 +186,17 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
     seq, rnd, direct = flash_read_mb_s(folder, disk_bytes, 0.2 if quick else 1.0)
     matvec, gflops = mxfp4_throughput(experts=2 if quick else 8, batch=8 if quick else 64)
     limit = max_file_bytes(folder)
+    isa, isa_how = this_cpu_isa()
     how = "O_DIRECT" if direct else "after posix_fadvise(DONTNEED)"
     profile = DeviceProfile(
         name=name, description=f"{platform.system()} {platform.machine()} with {psutil.cpu_count()} threads, "
                                f"measured by edgeoss on {time.strftime('%Y-%m-%d')}", platform=this_platform(), cpu_arch=this_cpu_arch(),
+        cpu_isa=isa,
         ram_bytes=vm.total, app_budget_bytes=min(vm.total, int(0.9 * vm.available)),
         memory_bandwidth_gb_s=round(bandwidth, 1), flash_seq_read_mb_s=round(seq), flash_random_read_mb_s=round(rnd, 1),
         cpu_threads=os.cpu_count() or 1, cpu_gflops=round(gflops, 1), max_file_bytes=limit)
     comments = {
+        "cpu_isa": isa_how,
         "ram": "measured: psutil.virtual_memory().total",
         "app_budget": f"measured: 90 % of the memory available at measurement time "
                       f"({vm.available / 2**30:.1f} GiB available)",
