@@ -11,6 +11,19 @@ from typing import Iterator
 from .errors import UsageError
 
 
+def make_parent(target: Path) -> None:
+    """Create the folder `target` goes in, or say in one line why it cannot be."""
+    for folder in (target.parent, *target.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"{target}: cannot write there: {folder} is a file, not a folder")
+            break
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{target}: cannot create its folder: {e.strerror or e}") from None
+
+
 def _check_target(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite:
         if target.is_dir() and not any(target.iterdir()):
@@ -24,7 +37,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; it becomes `target` only if the block completes."""
     target = Path(target)
     _check_target(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(target)
     tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -46,7 +59,7 @@ def atomic_file(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise UsageError(f"{target}: is a directory, expected a file path")
     if target.exists() and not overwrite:
         raise UsageError(f"{target}: already exists")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(target)
     tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
         yield tmp

@@ -43,7 +43,6 @@ from edgeoss.formats.safetensors_io import NUMPY_DTYPES, bf16_to_f32
 from edgeoss.formats.spec import ModelSpec, tensor_table
 from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, expert_name, tensor_name)
 from edgeoss.formats.gguf_meta import EXPERT_ORDER_KEY, missing_keys
-from edgeoss.jsonfile import read_json
 
 CHUNK_BYTES = 32 << 20  # source bytes per chunk of a dense tensor
 LLAMA_CPP_SWIGLU_LIMIT = 7.0  # hard-coded in llama.cpp's gpt-oss graph (no metadata key)
@@ -247,9 +246,17 @@ def check_expert_order(spec: ModelSpec, expert_order: ExpertOrder, where: str = 
 
 def read_plan_expert_order(plan_path: str | Path, spec: ModelSpec) -> dict[int, list[int]]:
     """The per-layer expert permutation of a plan file: {"experts": {"order": {"<layer>": [ids...]}}}."""
+    from edgeoss.planner.plan import read_plan
+
     path = Path(plan_path)
-    plan = read_json(path, "plan file")
-    if isinstance(plan, dict) and plan.get("fits") is False and plan.get("experts") is None:
+    plan = read_plan(path)  # format, version and keys
+    model = plan["model"] if isinstance(plan["model"], dict) else {}
+    made_for = (model.get("layers"), model.get("experts_per_layer"), model.get("experts_per_token"))
+    if made_for != (spec.num_hidden_layers, spec.num_local_experts, spec.num_experts_per_tok):
+        raise UsageError(f"{path}: made for {model.get('name', 'another model')} ({made_for[0]} layers x "
+                         f"{made_for[1]} experts, top-{made_for[2]}); this checkpoint is {spec.name or 'a model'} "
+                         f"({spec.num_hidden_layers} x {spec.num_local_experts}, top-{spec.num_experts_per_tok})")
+    if plan.get("fits") is False and plan.get("experts") is None:
         raise UsageError(f"{path}: this plan does not fit its device, so it places no experts "
                          "(see its advice; make a plan that fits first)")
     order = (plan.get("experts") or {}).get("order", {}) if isinstance(plan, dict) else None

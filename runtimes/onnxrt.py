@@ -50,7 +50,53 @@ def read_export(path: str | Path) -> tuple[Path, dict, ModelSpec]:
             from None
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{manifest_path}: unreadable ({e})") from None
+    check_folder(folder)
     return folder, manifest, spec
+
+
+def check_folder(folder: Path) -> None:
+    """What an engine will read of an ONNX folder, checked before it loads (one UsageError line): genai_config.json
+    is JSON naming model.onnx and a max_length; model.onnx parses; every external initializer lies inside its
+    data file in this folder."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    from edgeoss.jsonfile import read_json
+
+    config = read_json(folder / GENAI_CONFIG, "onnxruntime-genai config")
+    try:
+        named = config["model"]["decoder"]["filename"]
+        max_length = config["search"]["max_length"]
+    except (KeyError, TypeError):
+        raise UsageError(f"{folder / GENAI_CONFIG}: not an onnxruntime-genai config (no model.decoder.filename or "
+                         "search.max_length)") from None
+    if named != MODEL or not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise UsageError(f"{folder / GENAI_CONFIG}: expected decoder.filename {MODEL!r} and a positive "
+                         f"search.max_length, found {named!r} and {max_length!r}")
+    try:
+        model = onnx.load(str(folder / MODEL), load_external_data=False)
+    except FileNotFoundError:
+        raise UsageError(f"{folder / MODEL}: missing") from None
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types for a damaged file
+        raise UsageError(f"{folder / MODEL}: not a readable ONNX model ({type(e).__name__})") from None
+    sizes: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        data = folder / info.location
+        if data.parent.resolve() != folder.resolve():
+            raise UsageError(f"{folder / MODEL}: initializer {tensor.name} points outside the folder "
+                             f"({info.location!r})")
+        if info.location not in sizes:
+            try:
+                sizes[info.location] = data.stat().st_size
+            except FileNotFoundError:
+                raise UsageError(f"{data}: missing (model.onnx keeps its weights there)") from None
+        end = (info.offset or 0) + (info.length or 0)
+        if end > sizes[info.location]:
+            raise UsageError(f"{data}: truncated: initializer {tensor.name} ends at byte {end:,}, the file has "
+                             f"{sizes[info.location]:,} bytes")
 
 
 @contextlib.contextmanager

@@ -129,8 +129,8 @@ def test_measure_writes_a_profile_the_planner_accepts(cli, tmp_path):
     assert planned["device"]["name"] == "here" and planned["fits"]
 
 
-@pytest.mark.parametrize("flags, isa", [("fpu sse avx2 avx512f avx512bw avx512vl avx512_vnni", "avx512"),
-                                        ("fpu sse avx2 avx512f", "avx2"), ("fpu sse avx2", "avx2")])
+@pytest.mark.parametrize("flags, isa", [("fpu sse avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni", "avx512"),
+                                        ("fpu sse avx2 avx512f avx512bw avx512vl", "avx2"), ("fpu sse avx2", "avx2")])
 def test_measure_reads_the_vector_isa_from_cpuinfo(tmp_path, flags, isa):
     from edgeoss.validate.device_measure import this_cpu_arch, this_cpu_isa
 

@@ -7,9 +7,12 @@ One module per command group; each lists its click commands in COMMANDS. To add 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from ..errors import EdgeossError
 from ._common import err
@@ -19,8 +22,11 @@ MODULES = ["checkpoint", "demo", "validate", "package", "export", "run", "profil
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeoss")
-def cli() -> None:
+@click.option("--verbose", is_flag=True, help="also show the engines' own log lines (llama.cpp's, ggml's) on stderr")
+def cli(verbose: bool) -> None:
     """Put gpt-oss (MXFP4 MoE) on 16 GB phones, laptops and PCs: inspect, plan, export, validate, package."""
+    if verbose:
+        os.environ["EDGEOSS_VERBOSE"] = "1"
 
 
 for _name in MODULES:
@@ -29,12 +35,14 @@ for _name in MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one line on stderr and exit code 2, never a traceback."""
+    """Run the CLI under one rule: a user's mistake (an EdgeossError, or an OSError such as a full disk or an
+    output path that cannot be written) is one line on stderr and exit 2; SIGINT exits 130; anything unforeseen
+    is one line, `internal error: ...` with the path of the saved traceback, and exit 1. No traceback reaches the
+    terminal."""
     try:
         cli.main(args=argv, prog_name="edgeoss", standalone_mode=False)
     except EdgeossError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        _fail(str(e), e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -43,3 +51,40 @@ def main(argv: list[str] | None = None) -> None:
     except (click.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
+    except OSError as e:
+        _fail(os_error_line(e), 2)
+    except Exception:  # noqa: BLE001 - the one place every unforeseen error is turned into one line
+        saved = save_traceback()
+        kind, value = sys.exc_info()[:2]
+        line = " ".join(f"{kind.__name__}: {value}".split())[:300]
+        err.print(f"[red]internal error:[/red] {escape(line)} (traceback saved to {escape(str(saved))})",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _fail(line: str, code: int) -> None:
+    err.print(f"[red]error:[/red] {escape(' '.join(line.split()))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def os_error_line(e: OSError) -> str:
+    """`PATH: why` for an OSError (`cannot write PATH: No space left on device`)."""
+    why = e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {why}" if paths else why
+
+
+def save_traceback() -> Path:
+    """Write the current exception's traceback to a file under the temp folder; its path (or a note)."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(tempfile.gettempdir()) / "edgeoss-errors"
+    path = folder / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"edgeoss {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    except OSError as e:
+        return Path(f"<not saved: {os_error_line(e)}>")
+    return path

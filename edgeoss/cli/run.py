@@ -79,7 +79,7 @@ def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new
     options = _engine_options(engine, budget, plan, trace_path is not None, emulate)
     sampling = Sampling(temperature=temperature, top_p=top_p, seed=seed)
     ids = render_prompt([("user", prompt)], reasoning=reasoning, developer=system)
-    err.print(f"loading {artifact} in the {engine} engine ...", highlight=False)
+    err.print(f"loading {artifact} in the {engine} engine ...", highlight=False, soft_wrap=True)
     model = load_engine(engine, artifact, **options)
     try:
         err.print(f"prompt: {len(ids)} tokens (harmony, reasoning {reasoning}); generating up to "

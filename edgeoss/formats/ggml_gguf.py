@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +78,20 @@ def _lib() -> ctypes.CDLL:
     for getter, ctype in _SCALAR_GETTERS.values():
         fn = getattr(lib, getter)
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctype
+    lib.ggml_log_set.argtypes, lib.ggml_log_set.restype = [_LOG_CALLBACK, ctypes.c_void_p], None
+    lib.ggml_log_set(_log_to_verbose, None)
     return lib
+
+
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+@_LOG_CALLBACK
+def _log_to_verbose(level: int, text: bytes | None, user_data: object) -> None:
+    """ggml's own messages (a parser's complaint about a broken file) reach stderr only with EDGEOSS_VERBOSE=1
+    (`edgeoss --verbose`): edgeoss says what went wrong in its own line."""
+    if text and os.environ.get("EDGEOSS_VERBOSE") == "1":
+        sys.stderr.write(text.decode("utf-8", "replace"))
 
 
 class GGUFMetadata(dict):
@@ -120,9 +135,19 @@ def read_metadata(path: str | Path) -> GGUFMetadata:
             name = lib.gguf_get_tensor_name(ctx, t).decode()
             meta.tensor_types[name] = lib.gguf_get_tensor_type(ctx, t)
             meta.tensor_bytes[name] = (data + lib.gguf_get_tensor_offset(ctx, t), lib.gguf_get_tensor_size(ctx, t))
+        _check_extents(path, meta)
         return meta
     finally:
         lib.gguf_free(ctx)
+
+
+def _check_extents(path: str | Path, meta: GGUFMetadata) -> None:
+    """Every tensor's data lies inside the file (ggml's parser reads the header only, so a truncated file parses)."""
+    size = Path(path).stat().st_size
+    for name, (offset, nbytes) in meta.tensor_bytes.items():
+        if offset + nbytes > size:
+            raise GGUFFileError(f"{path}: truncated: tensor {name} ends at byte {offset + nbytes:,}, the file has "
+                                f"{size:,} bytes")
 
 
 def buffer_types() -> dict[str, Any]:

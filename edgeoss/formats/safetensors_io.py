@@ -72,6 +72,9 @@ def read_header(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
     if not isinstance(header, dict):
         raise CheckpointError(str(path), "header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise CheckpointError(str(path), "__metadata__ must map strings to strings (the safetensors format)")
     data_start = 8 + n
     entries: dict[str, Entry] = {}
     for name, info in header.items():

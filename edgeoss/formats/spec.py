@@ -171,6 +171,16 @@ def _need(cfg: dict, key: str, where: str) -> Any:
 
 def from_hf_config(cfg: dict, where: str = "config.json") -> ModelSpec:
     """A spec from the Hugging Face config.json (transformers' GptOssConfig keys)."""
+    model_type = cfg.get("model_type", "gpt_oss")
+    if model_type != "gpt_oss":
+        raise SpecError(f"{where}: model_type {model_type!r}: edgeoss reads gpt-oss checkpoints (model_type "
+                        "'gpt_oss')")
+    quant = cfg.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method") if isinstance(quant, dict) else quant
+        if method != "mxfp4":
+            raise SpecError(f"{where}: quantization_config.quant_method {method!r}: gpt-oss stores its experts "
+                            "in MXFP4 (quant_method 'mxfp4')")
     layers = _need(cfg, "num_hidden_layers", where)
     rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
     if rope and rope.get("rope_type", rope.get("type")) not in ("yarn", None):

@@ -359,6 +359,7 @@ def windows_model(source: Path, folder: Path, experts: str | None, context: int 
             if value is not None:
                 raise UsageError(f"{source}: an ONNX folder was exported with its own {option}; give it for a "
                                  "checkpoint only")
+        read_export(source)  # validated before anything is linked in
         for path in sorted(source.iterdir()):
             if path.name in (bundle.MANIFEST, README):  # written afresh for this bundle
                 continue

@@ -8,10 +8,13 @@ on the ISA the kernel dispatches on. Each fraction is measured: the FLOP of one 
 Timings: onnxruntime 1.32.0, ../shared/notes/onnx.md "MXFP4 in ORT 1.32"; "no AVX-512" is the same machine
 with ORT_QMOE_CPU_DISABLE_AVX512=1, which makes the kernel take the path a CPU without AVX-512 takes.
 
-ARM64: ONNX Runtime 1.32 has no Arm path of its own for the fp4 MoE [to be confirmed from source]; it takes the
-same portable path as x86 without AVX-512, so the measured no-AVX-512 fraction stands for it. The int4 kernel is
-MLAS's 4-bit GEMM, which has AVX2 and NEON kernels: its AVX-512 fractions stand for every ISA (estimate; on this
-machine disabling AVX-512 left int4 at 16 ms per layer).
+The fp4 kernel has two tiers (read from the 1.32.0 wheels' machine code, the source being too large to fetch
+here): an AVX-512 kernel (F, DQ, BW and VL; an E2M1 lookup by vpermps, fp32 multiply-adds), chosen when the CPU
+has AVX-512 and ORT_QMOE_CPU_DISABLE_AVX512 is not "1", and otherwise a scalar loop (table lookup per weight, no
+SIMD, no SGEMM). The aarch64 wheel's fp4 code is that scalar loop too (no NEON instructions), so arm64 and avx2
+share the measured no-AVX-512 fraction. The int4 kernel is MLAS's 4-bit QNBit GEMM, which has AVX-512, AVX2 and
+NEON kernels (moe_quantization_cpu.cc: "NEON/AVX2/AVX512 backends"): its AVX-512 fractions stand for every ISA
+(estimate; on this machine disabling AVX-512 left int4 at 16 ms per layer).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 - CPU throughput: the reference runtime's MXFP4 matmul kernel (edgeoss.runtimes.kernels) on gpt-oss-sized
   expert matrices: one token (a decode matvec, reported as GB/s of MXFP4 weights) and a batch of 64 tokens
   (reported as GFLOP/s, the profile's cpu_gflops).
-- Vector ISA: arm64, or avx512 when /proc/cpuinfo lists AVX-512 F, BW and VL, else avx2.
+- Vector ISA: arm64, or avx512 when /proc/cpuinfo lists AVX-512 F, DQ, BW and VL, else avx2.
 - Largest file: 4 GiB - 1 on FAT file systems, otherwise unlimited.
 GPUs are not measured; add the gpu_* keys by hand (profiles/README.md).
 """
@@ -153,11 +153,11 @@ def this_cpu_arch() -> str:
     raise UsageError(f"cannot describe a {machine!r} CPU: profiles know arm64 and x86_64")
 
 
-AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl")  # what x86 engines' AVX-512 paths check for
+AVX512_FLAGS = ("avx512f", "avx512dq", "avx512bw", "avx512vl")  # what ONNX Runtime's AVX-512 fp4 path checks
 
 
 def this_cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, str]:
-    """(cpu_isa, how it was found): arm64, or avx512 when the CPU reports AVX-512 F, BW and VL, else avx2."""
+    """(cpu_isa, how it was found): arm64, or avx512 when the CPU reports AVX-512 F, DQ, BW and VL, else avx2."""
     if this_cpu_arch() == "arm64":
         return "arm64", "measured: platform.machine()"
     try:
