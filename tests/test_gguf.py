@@ -248,7 +248,7 @@ def test_cli_export_with_plan_and_q8_dense(cli, tiny_original, tmp_path, exports
     spec = Checkpoint.open(tiny_original).spec
     order = list(range(spec.num_local_experts))[::-1]
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"experts": {"order": {"1": order}, "pinned": {}}}))
+    plan.write_text(json.dumps(_tiny_plan(spec, {"1": order})))
     out = tmp_path / "q8.gguf"
     proc = cli("export", "gguf", tiny_original, "-o", out, "--plan", plan, "--dense-type", "q8_0", check=True)
     assert proc.stdout.strip() == str(out)
@@ -259,14 +259,25 @@ def test_cli_export_with_plan_and_q8_dense(cli, tiny_original, tmp_path, exports
     assert (q8.argmax(1) == bf16.argmax(1)).mean() >= 0.6 and np.abs(q8 - bf16)[0].max() < 0.5
 
 
+def _tiny_plan(spec, order: dict[str, list[int]]) -> dict:
+    """A real plan for the tiny model whose experts.order is replaced by `order`."""
+    from edgeoss.planner.plan import PlanRequest, make_plan
+    from edgeoss.planner.profiles import load_profile
+
+    plan = make_plan(PlanRequest(spec, load_profile("pixel-9-pro"), 64))
+    plan["experts"]["order"] = order
+    return plan
+
+
 @pytest.mark.parametrize("plan, message", [
-    ({"experts": {"order": {"0": [0, 0, 1, 2, 3, 4, 5, 6]}}}, "not a permutation"),
-    ({"experts": {"order": {"9": list(range(8))}}}, "layer 9 is outside"),
+    ({"0": [0, 0, 1, 2, 3, 4, 5, 6]}, "not a permutation"),
+    ({"9": list(range(8))}, "layer 9 is outside"),
     ("not json", "not valid JSON"),
 ])
 def test_bad_plans_are_one_line_errors(cli, tiny_hf, tmp_path, plan, message):
     path = tmp_path / "plan.json"
-    path.write_text(plan if isinstance(plan, str) else json.dumps(plan))
+    spec = Checkpoint.open(tiny_hf).spec
+    path.write_text(plan if isinstance(plan, str) else json.dumps(_tiny_plan(spec, plan)))
     proc = cli("export", "gguf", tiny_hf, "-o", tmp_path / "x.gguf", "--plan", path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.gguf").exists()
