@@ -215,8 +215,6 @@ def test_malformed_input_is_one_line_exit_2_and_writes_nothing(name, good, tmp_p
 
 
 def test_an_unforeseen_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp_path):
-    from edgeoss.cli import plan as plan_cli
-
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
@@ -230,4 +228,4 @@ def test_an_unforeseen_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp
     assert code == 1 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     assert "internal error: ZeroDivisionError: a bug" in stderr
     saved = Path(stderr.split("traceback saved to ")[1].rstrip(")\n"))
-    assert saved.is_file() and "ZeroDivisionError" in saved.read_text() and plan_cli is not None
+    assert saved.is_file() and "ZeroDivisionError" in saved.read_text()

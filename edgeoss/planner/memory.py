@@ -83,6 +83,7 @@ class EngineTraits:
     reads_per_expert: int = 0  # contiguous reads of one missed expert
     miss_buffer: bool = False  # a missed expert is built in a buffer of its own before it is cached
     page_slots: bool = False  # a resident expert costs the pages its slices span (llama.cpp's store)
+    expert_encoding: str = "mxfp4"  # how its file stores the experts (ONNX: `export onnx --experts`)
 
 
 ENGINES = {
@@ -98,7 +99,8 @@ ENGINES = {
     # every layer. Runtime bytes measured: RSS after loading 20b less the resident dense weights and the Python
     # interpreter (benchmarks/README.md, issue 23).
     "ortgenai": EngineTraits("ortgenai", "onnx", False, 0, True, True, ORT_RUNTIME_BYTES, True, "f32"),
-    "ortgenai-int4": EngineTraits("ortgenai-int4", "onnx", False, 0, True, True, ORT_RUNTIME_BYTES, True, "f32"),
+    "ortgenai-int4": EngineTraits("ortgenai-int4", "onnx", False, 0, True, True, ORT_RUNTIME_BYTES, True, "f32",
+                                  expert_encoding="int4"),
 }
 STREAM_UBATCH = ENGINES["llamacpp-stream"].prefill_chunk
 
@@ -176,7 +178,7 @@ def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
                 by_kind["expert_biases"] += bias_bytes
             elif info.layer == 0 and bias:
                 expert_layer += bias_bytes
-            elif info.layer == 0 and engine == "ortgenai-int4":  # 32 weights per 16 bytes of blocks
+            elif info.layer == 0 and traits.expert_encoding == "int4":  # 32 weights per 16 bytes of blocks
                 expert_layer += 0 if info.name.endswith(".scales") else 2 * info.numel * INT4_BYTES_PER_WEIGHT
             elif info.layer == 0:
                 expert_layer += info.numel  # MXFP4 blocks and scales are bytes already

@@ -172,13 +172,9 @@ def _fit_mapped(req: PlanRequest) -> Fit:
     from the file, the KV cache for max_length (= context) positions. ONNX Runtime pins nothing: below this the
     kernel re-reads mapped experts from flash at every token (benchmarks/README.md, issue 23: 0.45-1.06 tok/s
     at 8-12 GiB for 20b), so the plan counts every expert resident."""
-    spec, device, engine = req.spec, req.device, req.engine
-    w = weight_bytes(spec, req.dense_type, engine)
-    kv = _kv(req)
-    scratch = scratch_bytes(spec, req.context, engine, w.expert, req.prompt_tokens)
-    overhead = overhead_bytes(engine, device.platform)
-    budget = device.app_budget_bytes
-    parts = _parts(resident_dense_bytes(w, req.context, engine), kv, scratch, overhead, w.experts_total)
+    w, kv, dense, scratch, overhead = _host_parts(req)
+    budget = req.device.app_budget_bytes
+    parts = _parts(dense, kv, scratch, overhead, w.experts_total)
     ram = sum(parts.values())
     memory = _memory_section(parts, kv, ram_bytes=ram, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
     if ram + reserve_bytes(budget) > budget:
@@ -186,20 +182,25 @@ def _fit_mapped(req: PlanRequest) -> Fit:
                                   f"widened to float32, experts, float32 KV cache) plus {human(reserve_bytes(budget))} "
                                   f"free exceeds the app budget of {human(budget)}; below that it re-reads "
                                   "experts from flash at every token")
-    return Fit(True, memory, resident_slots=spec.num_hidden_layers * spec.num_local_experts)
+    return Fit(True, memory, resident_slots=req.spec.num_hidden_layers * req.spec.num_local_experts)
+
+
+def _host_parts(req: PlanRequest):
+    """(weight bytes, KV cache, resident dense bytes, scratch, runtime overhead) of an engine that holds its dense
+    weights, KV cache and scratch in host RAM."""
+    w = weight_bytes(req.spec, req.dense_type, req.engine)
+    scratch = scratch_bytes(req.spec, req.context, req.engine, w.expert, req.prompt_tokens)
+    return (w, _kv(req), resident_dense_bytes(w, req.context, req.engine), scratch,
+            overhead_bytes(req.engine, req.device.platform))
 
 
 def _fit_streaming(req: PlanRequest) -> Fit:
     """An engine that streams experts (the reference runtime, llama.cpp's expert store): dense weights, KV and
     scratch resident; experts fill what is left. llama.cpp's store needs room for one token's top-k beside
     whatever is pinned (the reference, for one expert)."""
-    spec, device, engine = req.spec, req.device, req.engine
-    w = weight_bytes(spec, req.dense_type, engine)
-    kv = _kv(req)
-    scratch = scratch_bytes(spec, req.context, engine, w.expert, req.prompt_tokens)
-    overhead = overhead_bytes(engine, device.platform)
-    budget = device.app_budget_bytes
-    dense = resident_dense_bytes(w, req.context, engine)
+    spec, engine = req.spec, req.engine
+    w, kv, dense, scratch, overhead = _host_parts(req)
+    budget = req.device.app_budget_bytes
     fixed = dense + kv.total_bytes + scratch + overhead
     expert_budget = budget - reserve_bytes(budget) - fixed
     total = w.layers * w.experts_per_layer
@@ -264,10 +265,11 @@ def make_plan(req: PlanRequest) -> dict:
     if not result.fits:
         plan["alternatives"] = alternatives(req)
         plan["advice"] = _does_not_fit_advice(req, result, plan["alternatives"])
-        if expert_kernel(req.engine, req.device.cpu_isa).decode < SLOW_FRACTION:  # and where it would fit
+        if _kernel_is_slow(req):  # and what it would run at with the memory
             everything = dataclasses.replace(result, resident_slots=req.spec.num_hidden_layers
                                              * req.spec.num_local_experts)
-            plan["advice"] += _slow_kernel_advice(req, _place_and_predict(req, everything)[1], fits=False)
+            plan["advice"] += _slow_kernel_advice(req, _place_and_predict(req, everything)[1],
+                                                  plan["alternatives"], fits=False)
         return plan
     placement, prediction = _place_and_predict(req, result)
     total = req.spec.num_hidden_layers * req.spec.num_local_experts
@@ -416,22 +418,20 @@ def llamacpp_settings(req: PlanRequest) -> dict:
 def engine_settings(req: PlanRequest, placement: ExpertPlacement) -> dict:
     w = weight_bytes(req.spec, req.dense_type, "reference")
     discrete_gpu = req.device.has_gpu and not req.device.gpu_unified
+    onnx_experts = engine_traits(req.engine).expert_encoding
     return {
         "llamacpp": llamacpp_settings(req),
         "ortgenai": {"max_length": req.context, "past_present_share_buffer": True,
                      "provider": "cuda" if discrete_gpu else "cpu",
                      "search": {"max_length": req.context, "past_present_share_buffer": True},
-                     "experts": ONNX_EXPERTS.get(req.engine, "mxfp4"), "cpu_isa": req.device.cpu_isa,
-                     "flags": ["--experts", ONNX_EXPERTS.get(req.engine, "mxfp4"), "--plan", "plan.json"]},
+                     "experts": onnx_experts, "cpu_isa": req.device.cpu_isa,
+                     "flags": ["--experts", onnx_experts, "--plan", "plan.json"]},
         "reference": {"memory_budget": placement.slots * w.expert, "pinned": placement.pinned_ids(),
                       "cache_slots": placement.cache_slots,
                       "prefill_chunk": engine_traits("reference").prefill_chunk, "dense_type": req.dense_type,
                       "kv_type": engine_kv_type("reference", req.kv_type), "flags": ["--plan", "plan.json"]},
         "llamacpp_stream": llamacpp_stream_settings(req, placement) if req.engine == "llamacpp-stream" else None,
     }
-
-
-ONNX_EXPERTS = {"ortgenai": "mxfp4", "ortgenai-int4": "int4"}  # engine -> `export onnx --experts`
 
 
 def _by_isa(req: PlanRequest, result: Fit) -> dict:
@@ -593,7 +593,8 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
         if max([p.decode_tok_s] + [a["decode_tok_s"] for a in faster]) < SLOW_TOK_S:
             advice.append(f"{p.decode_tok_s:.2f} tok/s is below what users accept as usable "
                           f"(~{SLOW_TOK_S:g} tok/s); a smaller model or a device with more RAM fits better")
-    advice += _slow_kernel_advice(req, p)
+    if _kernel_is_slow(req):
+        advice += _slow_kernel_advice(req, p, plan["alternatives"] or alternatives(req))
     llamacpp = plan["engines"]["llamacpp"]
     if req.engine != "llamacpp" and llamacpp["fits"]:
         advice.append(f"llama.cpp can hold the whole model here: {' '.join(llamacpp['flags'])}")
@@ -609,18 +610,20 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
     return advice
 
 
-def _slow_kernel_advice(req: PlanRequest, p: Prediction, fits: bool = True) -> list[str]:
-    """Where the engine's expert kernel is slow on the device's ISA (ONNX Runtime's fp4 MoE without AVX-512):
-    say so, with the options that run faster and their predictions (for a plan that does not fit, what it would
-    run at with the memory)."""
+def _kernel_is_slow(req: PlanRequest) -> bool:
+    return expert_kernel(req.engine, req.device.cpu_isa).decode < SLOW_FRACTION
+
+
+def _slow_kernel_advice(req: PlanRequest, p: Prediction, found: list[dict], fits: bool = True) -> list[str]:
+    """The engine's expert kernel is slow on the device's ISA (ONNX Runtime's fp4 MoE without AVX-512): say so,
+    with the engines among `found` (the plan's alternatives) that run faster (for a plan that does not fit, `p` is
+    what it would run at with the memory)."""
     kernel = expert_kernel(req.engine, req.device.cpu_isa)
-    if kernel.decode >= SLOW_FRACTION:
-        return []
     advice = [f"the {req.engine} expert kernel is slow on this device's CPU ({req.device.cpu_isa}): "
               f"{100 * kernel.decode:.2g} % of llama.cpp's throughput decoding, {100 * kernel.prefill:.2g} % "
               f"prefilling ({kernel.source}) -> {p.decode_tok_s:.2f} tok/s, TTFT {p.ttft_s:.0f} s predicted"
               f"{'' if fits else ' even with the memory'}; ONNX Runtime 1.32's fast fp4 MoE path needs AVX-512"]
-    for a in alternatives(req):
+    for a in found:
         if a["flag"].startswith("--engine") and a["decode_tok_s"] > p.decode_tok_s:
             advice.append(f"better here: {a['flag']} ({a['change']}): {a['decode_tok_s']:.2f} tok/s predicted")
     return advice
