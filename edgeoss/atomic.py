@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UsageError
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # what only writing the output raises
+
+
+class WriteError(UsageError):
+    """The output could not be written (a full disk, a quota, a read-only file system)."""
+
+    def __init__(self, target: Path, why: str):
+        self.why = why
+        super().__init__(f"{target}: cannot write it: {why} (nothing was left behind)")
+
+
+def _raise_write_error(e: BaseException, target: Path) -> None:
+    """A full disk (or a quota, a read-only file system) while writing `target`, or a file inside it: one line
+    naming `target`; the partial output is already gone."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        raise WriteError(target, e.strerror or str(e)) from None
+    if isinstance(e, WriteError):
+        raise WriteError(target, e.why) from None
 
 
 def make_parent(target: Path) -> None:
@@ -46,8 +67,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.rename(tmp, target)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_write_error(e, target)
         raise
 
 
@@ -64,7 +86,8 @@ def atomic_file(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _raise_write_error(e, target)
         raise

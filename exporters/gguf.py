@@ -40,7 +40,7 @@ from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, EdgeossError, SpecError, UsageError
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import NUMPY_DTYPES, bf16_to_f32
-from edgeoss.formats.spec import ModelSpec, tensor_table
+from edgeoss.formats.spec import BF16, ModelSpec, tensor_table
 from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, expert_name, tensor_name)
 from edgeoss.formats.gguf_meta import EXPERT_ORDER_KEY, missing_keys
 
@@ -108,7 +108,8 @@ class _Reader:
             if n <= 0:
                 raise ExportError(f"{path}: unexpected end of file reading {name}")
             done += n
-        return np.frombuffer(buf, dtype=NUMPY_DTYPES[info.dtype]).reshape(shape)
+        array = np.frombuffer(buf, dtype=NUMPY_DTYPES[info.dtype]).reshape(shape)
+        return self.ckpt.check_finite(name, array) if info.dtype == BF16 else array
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -90,7 +90,9 @@ class Reader:
             self._fds[path] = os.open(path, os.O_RDONLY)
         buf = os.pread(self._fds[path], nbytes, offset)
         self.advance(nbytes)
-        return np.frombuffer(buf, dtype=np.uint16 if info.dtype == BF16 else np.uint8).reshape(shape)
+        if info.dtype == BF16:
+            return self.ckpt.check_finite(name, np.frombuffer(buf, dtype=np.uint16).reshape(shape))
+        return np.frombuffer(buf, dtype=np.uint8).reshape(shape)
 
     def chunks(self, name: str, first: int = 0, end: int | None = None) -> Iterator[np.ndarray]:
         """A tensor as stored (rows first..end), in chunks of rows."""

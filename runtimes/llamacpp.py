@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edgeoss.errors import EdgeossError, UsageError
-from edgeoss.formats.gguf_meta import spec_from_metadata
+from edgeoss.formats.gguf_meta import check_tensors, spec_from_metadata
 from edgeoss.formats.gguf_names import ARCH, arch_key, expert_pattern
 from edgeoss.formats.ggml_gguf import buffer_types, read_metadata
 from edgeoss.formats.gguf_meta import stored_expert_ids
@@ -195,6 +195,7 @@ class LlamaCppEngine:
         self.spec = spec_from_metadata(meta, meta.array_lengths.get("tokenizer.ggml.tokens"))
         self.path, self.n_ctx = path, n_ctx
         self.files = split_files(path, int(meta.get("split.count", 1)))
+        check_tensors(self.files, meta, self.spec)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.store: LlamaExpertStore | None = None
         self._llm = None

@@ -55,6 +55,24 @@ def cli():
     return run_cli
 
 
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """(exit code, stderr) of `edgeoss ARGV` run in this process through `edgeoss.cli.main`, the function the
+    console script calls (its top-level error rule included)."""
+    import contextlib
+    import io
+
+    from edgeoss.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main([str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, stderr.getvalue()
+
+
 @pytest.fixture(scope="session")
 def trained():
     """trained(name) -> {"hf": folder, "original": folder}: the preset trained on real text (edgeoss.validate.trained;

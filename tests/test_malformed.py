@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from edgeoss.cli import main
+from conftest import run_main as _run
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +31,6 @@ def good(tiny_hf, tmp_path_factory) -> dict[str, Path]:
     plan = folder / "plan20b.json"
     assert _run(["plan", "--preset", "20b", "--device", "pixel-9-pro", "-o", str(plan)])[0] == 0
     return {"ckpt": tiny_hf, "gguf": gguf, "onnx": onnx, "plan20b": plan}
-
-
-def _run(argv: list[str]) -> tuple[int, str]:
-    """(exit code, stderr) of `edgeoss ARGV` run in this process."""
-    import contextlib
-    import io
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, stderr.getvalue()
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -102,6 +87,35 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _poison(folder: Path, name: str, bits: int, index: int = 37) -> None:
+    """Write one BF16 value (its bits) into a checkpoint tensor, in place."""
+    from edgeoss.formats.checkpoint import Checkpoint
+
+    with Checkpoint.open(folder) as ckpt:
+        path, offset, _ = ckpt.byte_range(name)
+    with open(path, "r+b") as f:
+        f.seek(offset + 2 * index)
+        f.write(struct.pack("<H", bits))
+
+
+BF16_NAN, BF16_INF = 0x7FC0, 0x7F80
+
+
+def _patch_gguf_tensor(path: Path, name: str, rename: str | None = None, ggml_type: int | None = None) -> None:
+    """Edit one tensor's entry in a GGUF header in place: its name (same length) or its ggml type."""
+    raw = bytearray(path.read_bytes()[:1 << 24])
+    key = struct.pack("<Q", len(name)) + name.encode()
+    at = raw.index(key) + len(key)
+    if rename is not None:
+        assert len(rename) == len(name)
+        raw[at - len(name):at] = rename.encode()
+    if ggml_type is not None:
+        (n_dims,) = struct.unpack_from("<I", raw, at)
+        struct.pack_into("<I", raw, at + 4 + 8 * n_dims, ggml_type)
+    with open(path, "r+b") as f:
+        f.write(raw)
+
+
 # ---- the corpus ------------------------------------------------------------------------------------------------
 # name: (input, break(copy), argv(copy, out), expected text in the error line)
 CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[str]], str]] = {
@@ -140,6 +154,56 @@ CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[
     "onnx output parent is a file": ("ckpt", lambda c: _write(c.parent / "afile", b"x"),
                                      lambda c, o: ["export", "onnx", str(c), "-o", str(c.parent / "afile" / "x")],
                                      "is a file, not a folder"),
+    "NaN in an attention weight, gguf": ("ckpt", lambda c: _poison(c, "layers.1.q.weight", BF16_NAN),
+                                          lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "non-finite"),
+    "NaN in an attention weight, onnx": ("ckpt", lambda c: _poison(c, "layers.1.q.weight", BF16_NAN),
+                                         lambda c, o: ["export", "onnx", str(c), "-o", str(o)], "non-finite"),
+    "infinity in the embedding, gguf": ("ckpt", lambda c: _poison(c, "embed", BF16_INF, 1000),
+                                        lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "non-finite"),
+    "infinity in a norm, convert": ("ckpt", lambda c: _poison(c, "layers.0.attn_norm", BF16_INF, 3),
+                                    lambda c, o: ["convert", str(c), str(o), "--layout", "original"], "non-finite"),
+    "NaN in an expert bias, onnx": ("ckpt", lambda c: _poison(c, "layers.2.down.bias", BF16_NAN, 5),
+                                    lambda c, o: ["export", "onnx", str(c), "-o", str(o)], "non-finite"),
+    "NaN in the unembedding, gguf": ("ckpt", lambda c: _poison(c, "unembed", 0xFFC0, 77),
+                                     lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "non-finite"),
+    "config not a JSON object": ("ckpt", lambda c: _write(c / "config.json", b"[1, 2, 3]"),
+                                 lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "JSON object"),
+    "config too few experts for top-k": ("ckpt", lambda c: _edit_json(c / "config.json",
+                                                                      lambda d: d.update(num_experts_per_tok=99)),
+                                         lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "99"),
+    "config layer_types of the wrong length": ("ckpt", lambda c: _edit_json(
+        c / "config.json", lambda d: d.update(layer_types=["full_attention"])),
+        lambda c, o: ["export", "onnx", str(c), "-o", str(o)], "layer_types"),
+    "not a folder": ("gguf", lambda g: None, lambda g, o: ["export", "gguf", str(g), "-o", str(o)],
+                     "expected a checkpoint folder"),
+    "trace empty": ("plan20b", lambda p: _write(p.with_name("t.npz"), b""),
+                    lambda p, o: ["plan", "--preset", "20b", "--device", "pixel-9-pro", "--trace",
+                                  str(p.with_name("t.npz")), "-o", str(o)], "not a readable .npz"),
+    "shard is a folder": ("ckpt", lambda c: (_shard(c).unlink(), _shard(c).mkdir()),
+                          lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "safetensors"),
+    # options
+    "split size not a size": ("ckpt", lambda c: None,
+                              lambda c, o: ["export", "gguf", str(c), "-o", str(o), "--split-max-size", "big"],
+                              "big"),
+    "max length zero": ("ckpt", lambda c: None,
+                        lambda c, o: ["export", "onnx", str(c), "-o", str(o), "--max-length", "0"], "max"),
+    "context beyond the model": ("plan20b", lambda p: None,
+                                 lambda p, o: ["plan", "--preset", "tiny", "--device", "pixel-9-pro", "--context",
+                                               "999999999", "-o", str(o)], "--context"),
+    "unknown preset": ("plan20b", lambda p: None,
+                       lambda p, o: ["plan", "--preset", "7b", "--device", "pixel-9-pro", "-o", str(o)], "7b"),
+    "calibration file garbage": ("plan20b", lambda p: _write(p.with_name("cal.json"), b"{\"memory_efficiency\": 7}"),
+                                 lambda p, o: ["plan", "--preset", "20b", "--device", "pixel-9-pro", "--calibrate",
+                                               str(p.with_name("cal.json")), "-o", str(o)], "memory_efficiency"),
+    "trace not a trace": ("plan20b", lambda p: _write(p.with_name("t.npz"), b"PK\x03\x04 not a zip"),
+                          lambda p, o: ["plan", "--preset", "20b", "--device", "pixel-9-pro", "--trace",
+                                        str(p.with_name("t.npz")), "-o", str(o)], "t.npz"),
+    "run plan not JSON": ("gguf", lambda g: _write(g.with_name("p.json"), b"{"),
+                          lambda g, o: ["run", str(g), "--engine", "llamacpp", "--plan", str(g.with_name("p.json")),
+                                        "--prompt", "hi"], "p.json"),
+    "package for an unknown device": ("gguf", lambda g: None,
+                                      lambda g, o: ["package", "android", str(g), "--device", "nokia-3310", "-o",
+                                                    str(o)], "nokia-3310"),
     # plan files given to an exporter
     "plan for another model": ("ckpt", lambda c: None,
                                lambda c, o: ["export", "gguf", str(c), "-o", str(o), "--plan", "{plan20b}"],
@@ -160,6 +224,17 @@ CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[
     "gguf header garbage, package": ("gguf", lambda g: _write(g, b"GGUF" + b"\xff" * 64),
                                      lambda g, o: ["package", "android", str(g), "--device", "pixel-9-pro", "-o",
                                                    str(o)], "GGUF"),
+    "gguf tensor missing, package": ("gguf", lambda g: _patch_gguf_tensor(g, "blk.1.attn_q.weight",
+                                                                           rename="blk.1.attn_x.weight"),
+                                     lambda g, o: ["package", "android", str(g), "--device", "pixel-9-pro", "-o",
+                                                   str(o)], "blk.1.attn_q.weight is missing"),
+    "gguf tensor missing, run": ("gguf", lambda g: _patch_gguf_tensor(g, "blk.0.ffn_down_exps.weight",
+                                                                       rename="blk.0.ffn_down_exps.weighX"),
+                                 lambda g, o: ["run", str(g), "--engine", "llamacpp", "--prompt", "hi"],
+                                 "blk.0.ffn_down_exps.weight is missing"),
+    "gguf bias stored as I32": ("gguf", lambda g: _patch_gguf_tensor(g, "blk.2.attn_k.bias", ggml_type=26),
+                                lambda g, o: ["package", "android", str(g), "--device", "pixel-9-pro", "-o",
+                                              str(o)], "expected one of F32"),
     "gguf not a gguf, run": ("gguf", lambda g: _write(g, b"hello"),
                              lambda g, o: ["run", str(g), "--engine", "llamacpp", "--prompt", "hi"], "GGUF"),
     # ONNX folders
@@ -187,6 +262,10 @@ CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[
                              lambda f, o: ["run", str(f), "--engine", "onnxruntime", "--prompt", "hi"],
                              "not an ONNX export from edgeoss"),
     # device profiles and options
+    "profile ISA of another architecture": ("plan20b", lambda p: _write(p.with_suffix(".toml"), (
+        Path(__file__).resolve().parents[1] / "profiles" / "pixel-9-pro.toml").read_text().replace(
+        'cpu_isa = "arm64"', 'cpu_isa = "avx512"').encode()),
+        lambda p, o: ["plan", "--preset", "20b", "--device", str(p.with_suffix(".toml"))], "cpu_isa"),
     "profile not TOML": ("plan20b", lambda p: _write(p.with_suffix(".toml"), b"ram = [\n"),
                          lambda p, o: ["plan", "--preset", "20b", "--device", str(p.with_suffix(".toml"))],
                          "not valid TOML"),
@@ -214,18 +293,20 @@ def test_malformed_input_is_one_line_exit_2_and_writes_nothing(name, good, tmp_p
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-def test_an_unforeseen_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp_path):
+@pytest.mark.parametrize("bug", [ZeroDivisionError("a bug"), EOFError("a bug")])  # click turns EOFError into Abort
+def test_an_unforeseen_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp_path, bug):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
 
     def broken(*args, **kwargs):
-        raise ZeroDivisionError("a bug")
+        raise bug
 
     monkeypatch.setattr("edgeoss.planner.plan.make_plan", broken)
     code, stderr = _run(["plan", "--preset", "tiny", "--device", "pixel-9-pro"])
-    assert code == 1 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
-    assert "internal error: ZeroDivisionError: a bug" in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 1 and "Traceback" not in stderr and len(lines) == 1
+    assert f"internal error: {type(bug).__name__}: a bug" in stderr
     saved = Path(stderr.split("traceback saved to ")[1].rstrip(")\n"))
-    assert saved.is_file() and "ZeroDivisionError" in saved.read_text()
+    assert saved.is_file() and type(bug).__name__ in saved.read_text()

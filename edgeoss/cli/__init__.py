@@ -48,18 +48,23 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt) as e:
+        if isinstance(e.__cause__, EOFError):  # click turns an EOFError raised anywhere into Abort
+            _internal_error(e.__cause__)
         err.print("interrupted")
         sys.exit(130)
     except OSError as e:
         _fail(os_error_line(e), 2)
-    except Exception:  # noqa: BLE001 - the one place every unforeseen error is turned into one line
-        saved = save_traceback()
-        kind, value = sys.exc_info()[:2]
-        line = " ".join(f"{kind.__name__}: {value}".split())[:300]
-        err.print(f"[red]internal error:[/red] {escape(line)} (traceback saved to {escape(str(saved))})",
-                  highlight=False, soft_wrap=True)
-        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the one place every unforeseen error is turned into one line
+        _internal_error(e)
+
+
+def _internal_error(e: BaseException) -> None:
+    saved = save_traceback(e)
+    line = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    err.print(f"[red]internal error:[/red] {escape(line)} (traceback saved to {escape(str(saved))})",
+              highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 def _fail(line: str, code: int) -> None:
@@ -74,8 +79,8 @@ def os_error_line(e: OSError) -> str:
     return f"{' -> '.join(paths)}: {why}" if paths else why
 
 
-def save_traceback() -> Path:
-    """Write the current exception's traceback to a file under the temp folder; its path (or a note)."""
+def save_traceback(e: BaseException) -> Path:
+    """Write `e`'s traceback to a file under the temp folder; its path (or a note)."""
     import tempfile
     import time
     import traceback
@@ -84,7 +89,7 @@ def save_traceback() -> Path:
     path = folder / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"edgeoss {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+        path.write_text(f"edgeoss {' '.join(sys.argv[1:])}\n\n{''.join(traceback.format_exception(e))}")
     except OSError as e:
         return Path(f"<not saved: {os_error_line(e)}>")
     return path

@@ -25,6 +25,8 @@ from .layouts import HF, ORIGINAL, stored_name, stored_table
 from .safetensors_io import Entry, SafetensorsFile, bf16_to_f32
 from .spec import BF16, ModelSpec, TensorInfo, from_config, is_original_config, load_config, tensor_table
 
+BF16_EXPONENT = np.uint16(0x7F80)  # a bfloat16 whose exponent bits are all set is NaN or infinite
+
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 EXPERT_PROJECTIONS = ("gate_up", "down")
@@ -111,10 +113,19 @@ class Checkpoint:
         return arr[s.rows[0]:s.rows[1]] if s.rows else arr
 
     def f32(self, name: str) -> np.ndarray:
-        """A canonical BF16 tensor as float32 (exact)."""
+        """A canonical BF16 tensor as float32 (exact); a NaN or an infinity in it is a CheckpointError."""
         if self._table[name].dtype != BF16:
             raise TypeError(f"{name} is {self._table[name].dtype}, not BF16")
-        return bf16_to_f32(self.raw(name))
+        return bf16_to_f32(self.check_finite(name, self.raw(name)))
+
+    def check_finite(self, name: str, bits: np.ndarray) -> np.ndarray:
+        """`bits` (BF16 bits of tensor `name`, or a part of it) unchanged; a NaN or an infinity among them is a
+        CheckpointError naming the file and tensor. Every reader of dense values calls this as it streams."""
+        bad = np.flatnonzero((bits & BF16_EXPONENT) == BF16_EXPONENT)  # all exponent bits set: NaN or Inf
+        if bad.size:
+            loc = self._locate(name)
+            raise CheckpointError(str(loc.file.path), "non-finite value (NaN or Inf)", loc.entry.name)
+        return bits
 
     def expert(self, layer: int, proj: str, expert: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(blocks [rows, G, 16], scales [rows, G], bias bf16 bits [rows]) of one expert."""

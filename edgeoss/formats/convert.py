@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .spec import TensorInfo
+from .spec import BF16, TensorInfo
 from .synth import CHUNK_BYTES, write_checkpoint
 
 
@@ -22,6 +22,7 @@ def convert(src: str | Path, out: str | Path, layout: str, force: bool = False, 
             arr = ckpt.raw(info.name)
             step = max(1, CHUNK_BYTES // max(1, arr[:1].nbytes))
             for start in range(0, arr.shape[0], step):
-                yield np.ascontiguousarray(arr[start:start + step])
+                chunk = np.ascontiguousarray(arr[start:start + step])
+                yield ckpt.check_finite(info.name, chunk) if info.dtype == BF16 else chunk
 
         return write_checkpoint(out, ckpt.spec, layout, chunks, force, progress)

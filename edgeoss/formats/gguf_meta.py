@@ -7,14 +7,15 @@ read GGUFs through here; `ggml_gguf.read_metadata` parses the file).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import gguf
 
 from edgeoss.errors import SpecError, UsageError
-from edgeoss.formats.ggml_gguf import GGUFMetadata
-from edgeoss.formats.gguf_names import ARCH, DENSE_TYPES, REQUIRED_KEYS
-from edgeoss.formats.spec import FULL, SLIDING, ModelSpec, default_layer_types
+from edgeoss.formats.ggml_gguf import GGUFFileError, GGUFMetadata, read_metadata
+from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, REQUIRED_KEYS, expert_name,
+                                        tensor_name)
+from edgeoss.formats.spec import FULL, SLIDING, ModelSpec, default_layer_types, tensor_table
 
 
 def missing_keys(keys: Iterable[str]) -> list[str]:
@@ -75,6 +76,44 @@ def gguf_dense_type(meta: GGUFMetadata, where: Path) -> str:
         raise UsageError(f"{where}: token_embd.weight is missing from the first file or of a type edgeoss does "
                          "not plan for")
     return names[stored]
+
+
+def expected_tensors(spec: ModelSpec) -> Iterator[tuple[str, set[int], int]]:
+    """(GGUF name, the ggml types it may have, element count) of every tensor llama.cpp loads for `spec`: the
+    dense 2-D weights in any --dense-type, vectors, router and expert biases in F32, experts in MXFP4."""
+    dense, f32, mxfp4 = {int(t) for t in DENSE_TYPES.values()}, {int(gguf.GGMLQuantizationType.F32)}, \
+        {int(gguf.GGMLQuantizationType.MXFP4)}
+    for info in tensor_table(spec):
+        if info.kind != "experts":
+            name, storage = tensor_name(info.name)
+            yield name, dense if storage == DENSE else f32, info.numel
+    e, h, i = spec.num_local_experts, spec.hidden_size, spec.intermediate_size
+    for layer in range(spec.num_hidden_layers):
+        for projection in EXPERT_PROJECTIONS:
+            rows, cols = (h, i) if projection == "down" else (i, h)
+            yield expert_name(layer, projection, "weight"), mxfp4, e * rows * cols
+            yield expert_name(layer, projection, "bias"), f32, e * rows
+
+
+def check_tensors(files: Sequence[Path], first: GGUFMetadata, spec: ModelSpec) -> None:
+    """Every tensor of a GGUF file set (`first`: the first file's metadata) is there, of a type edgeoss and
+    llama.cpp use, and of the size the spec gives it; GGUFFileError names the first that is not."""
+    types, nbytes = dict(first.tensor_types), {k: n for k, (_, n) in first.tensor_bytes.items()}
+    for path in files[1:]:
+        meta = read_metadata(path)
+        types.update(meta.tensor_types)
+        nbytes.update({k: n for k, (_, n) in meta.tensor_bytes.items()})
+    where = files[0]
+    for name, allowed, numel in expected_tensors(spec):
+        if name not in types:
+            raise GGUFFileError(f"{where}: tensor {name} is missing")
+        if types[name] not in allowed:
+            raise GGUFFileError(f"{where}: tensor {name} has ggml type {types[name]}, expected one of "
+                                f"{', '.join(gguf.GGMLQuantizationType(t).name for t in sorted(allowed))}")
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(types[name])]
+        if numel % block or nbytes[name] != numel // block * size:
+            raise GGUFFileError(f"{where}: tensor {name} holds {nbytes[name]:,} bytes; gpt-oss's shape in this "
+                                f"type needs {numel // block * size:,}")
 
 
 EXPERT_ORDER_KEY = "edgeoss.expert_order.{layer}"  # int32 [E]: stored slot j holds checkpoint expert order[j]

@@ -81,8 +81,8 @@ def read_trace(path: str | Path) -> Trace:
             data = {a: z[a] for a in ARRAYS}
     except FileNotFoundError:
         raise UsageError(f"{path}: no such trace file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UsageError(f"{path}: not a readable .npz routing trace ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: not a readable .npz routing trace ({e or 'empty file'})") from None
     try:
         meta = json.loads(str(data["meta"]))
     except json.JSONDecodeError:

@@ -244,10 +244,12 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
             files = export_gguf(ckpt, folder / MODEL_GGUF, dense_type=dense_type, split_max_size=split,
                                 progress=progress)
     else:
-        from edgeoss.formats.gguf_meta import gguf_dense_type, spec_from_metadata
+        from edgeoss.formats.gguf_meta import check_tensors, gguf_dense_type, spec_from_metadata
 
         shards, meta = gguf_files(source)
-        spec, dense_type = spec_from_metadata(meta), gguf_dense_type(meta, source)
+        spec = spec_from_metadata(meta)
+        check_tensors(shards, meta, spec)
+        dense_type = gguf_dense_type(meta, source)
         if max_file_size is None or all(s.stat().st_size <= max_file_size for s in shards):
             files = [folder / MODEL_GGUF] if len(shards) == 1 else \
                 [folder / gguf.gguf_writer.SHARD_NAME_FORMAT.format(Path(MODEL_GGUF).stem, i, len(shards))
