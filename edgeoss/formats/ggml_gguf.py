@@ -137,6 +137,8 @@ def read_metadata(path: str | Path) -> GGUFMetadata:
             meta.tensor_bytes[name] = (data + lib.gguf_get_tensor_offset(ctx, t), lib.gguf_get_tensor_size(ctx, t))
         _check_extents(path, meta)
         return meta
+    except UnicodeDecodeError:
+        raise GGUFFileError(f"{path}: a key or tensor name is not UTF-8 (a damaged header)") from None
     finally:
         lib.gguf_free(ctx)
 
