@@ -42,7 +42,7 @@ import numpy as np
 from edgeoss.errors import EdgeossError, UsageError
 from edgeoss.formats.gguf_meta import check_tensors, spec_from_metadata
 from edgeoss.formats.gguf_names import ARCH, arch_key, expert_pattern
-from edgeoss.formats.ggml_gguf import buffer_types, read_metadata
+from edgeoss.formats.ggml_gguf import buffer_types, read_metadata, route_native_logs
 from edgeoss.formats.gguf_meta import stored_expert_ids
 from edgeoss.formats.spec import ModelSpec
 from edgeoss.runtimes.llamacpp_store import DEFAULT_UBATCH, LlamaExpertStore
@@ -180,8 +180,12 @@ class LlamaCppEngine:
                  n_batch: int = 512, n_ubatch: int | None = None, f32_kv: bool = True, flash_attn: bool = False,
                  use_mmap: bool = True, repack: bool = True, cpu_moe_layers: int | Iterable[int] | None = None,
                  tensor_overrides: Mapping[str, str] | None = None, memory_budget: int | str | None = None,
-                 plan: str | Path | None = None, logits_all: bool = True, verbose: bool = False):
+                 plan: str | Path | None = None, logits_all: bool = True, verbose: bool | None = None):
         import llama_cpp
+
+        if verbose is None:  # `edgeoss --verbose`: llama.cpp's own loader lines on stderr
+            verbose = os.environ.get("EDGEOSS_VERBOSE") == "1"
+        route_native_logs()
 
         path = Path(artifact_path)
         if not path.is_file():

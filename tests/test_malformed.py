@@ -18,6 +18,8 @@ import pytest
 
 from conftest import run_main as _run
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def good(tiny_hf, tmp_path_factory) -> dict[str, Path]:
@@ -30,7 +32,12 @@ def good(tiny_hf, tmp_path_factory) -> dict[str, Path]:
     onnx = export_onnx(tiny_hf, folder / "tiny-onnx", max_length=64, progress=False).path
     plan = folder / "plan20b.json"
     assert _run(["plan", "--preset", "20b", "--device", "pixel-9-pro", "-o", str(plan)])[0] == 0
-    return {"ckpt": tiny_hf, "gguf": gguf, "onnx": onnx, "plan20b": plan}
+    bundle = folder / "bundle"
+    assert _run(["package", "android", str(gguf), "--device", "pixel-9-pro", "--context", "256", "-o",
+                 str(bundle)])[0] == 0
+    profile = folder / "device.toml"
+    profile.write_text((REPO / "profiles" / "pixel-9-pro.toml").read_text())
+    return {"ckpt": tiny_hf, "gguf": gguf, "onnx": onnx, "plan20b": plan, "bundle": bundle, "profile": profile}
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -66,6 +73,22 @@ def _set_header(path: Path, change: Callable[[dict], None]) -> None:
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
+def _flip_byte(path: Path, at: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _toml_line(path: Path, key: str, value: str | None) -> None:
+    """Set (or, with None, remove) `key = ...` in a profile TOML; a key it lacks is appended."""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(f"{key} =")]
+    path.write_text("\n".join(lines + ([f"{key} = {value}"] if value is not None else [])) + "\n")
+
+
+def _plan_with(profile: Path) -> list[str]:
+    return ["plan", "--preset", "20b", "--device", str(profile)]
 
 
 def _metadata_not_strings(header: dict) -> None:
@@ -261,6 +284,62 @@ CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[
     "edgeoss.json missing": ("onnx", lambda f: (f / "edgeoss.json").unlink(),
                              lambda f, o: ["run", str(f), "--engine", "onnxruntime", "--prompt", "hi"],
                              "not an ONNX export from edgeoss"),
+    # bundles
+    "bundle file changed": ("bundle", lambda b: _flip_byte(b / "README.md"),
+                            lambda b, o: ["package", "verify", str(b)], "README.md"),
+    "bundle file missing": ("bundle", lambda b: (b / "README.md").unlink(),
+                            lambda b, o: ["package", "verify", str(b)], "README.md"),
+    "bundle file added": ("bundle", lambda b: _write(b / "extra.bin", b"x"),
+                          lambda b, o: ["package", "verify", str(b)], "extra.bin"),
+    "bundle manifest not JSON": ("bundle", lambda b: _write(b / "manifest.json", b"{"),
+                                 lambda b, o: ["package", "verify", str(b)], "manifest.json"),
+    "bundle manifest of another format": ("bundle", lambda b: _edit_json(b / "manifest.json",
+                                                                         lambda d: d.update(format="zip")),
+                                          lambda b, o: ["package", "verify", str(b)], "manifest.json"),
+    "bundle file size wrong in manifest": ("bundle", lambda b: _edit_json(
+        b / "manifest.json", lambda d: d["files"][0].update(size=d["files"][0]["size"] + 1)),
+        lambda b, o: ["package", "verify", str(b)], "manifest.json says"),
+    "bundle file replaced by a symlink": ("bundle", lambda b: ((b / "README.md").unlink(),
+                                                              (b / "README.md").symlink_to(b / "manifest.json")),
+                                          lambda b, o: ["package", "verify", str(b)], "README.md"),
+    # device profiles
+    "profile missing ram": ("profile", lambda p: _toml_line(p, "ram", None), lambda p, o: _plan_with(p),
+                            "missing key 'ram'"),
+    "profile negative bandwidth": ("profile", lambda p: _toml_line(p, "memory_bandwidth_gb_s", "-3"),
+                                   lambda p, o: _plan_with(p), "memory_bandwidth_gb_s"),
+    "profile budget above its RAM": ("profile", lambda p: _toml_line(p, "app_budget", '"64 GiB"'),
+                                     lambda p, o: _plan_with(p), "exceeds ram"),
+    "profile unknown key": ("profile", lambda p: _toml_line(p, "colour", '"red"'), lambda p, o: _plan_with(p),
+                            "unknown key 'colour'"),
+    "profile half a GPU": ("profile", lambda p: _toml_line(p, "gpu_memory", '"8 GiB"'), lambda p, o: _plan_with(p),
+                           "a GPU needs all of"),
+    "profile size in parsecs": ("profile", lambda p: _toml_line(p, "ram", '"16 parsecs"'),
+                                lambda p, o: _plan_with(p), "parsecs"),
+    # option values
+    "option not among the choices": ("plan20b", lambda p: None, lambda p, o: [
+        "plan", "--preset", "20b", "--device", "pixel-9-pro", "--kv-type", "f8"], "'f8' is not one of"),
+    "required option missing": ("plan20b", lambda p: None, lambda p, o: ["plan", "--preset", "20b"],
+                                "Missing option '--device'"),
+    "unknown command": ("plan20b", lambda p: None, lambda p, o: ["frobnicate"], "No such command"),
+    "unknown option": ("gguf", lambda g: None, lambda g, o: ["run", str(g), "--prompt", "hi", "--turbo"],
+                       "No such option"),
+    "integer option given text": ("gguf", lambda g: None,
+                                  lambda g, o: ["run", str(g), "--prompt", "hi", "--max-new-tokens", "many"],
+                                  "many"),
+    "folder without a checkpoint": ("plan20b", lambda p: (p.parent / "empty").mkdir(),
+                                    lambda p, o: ["inspect", str(p.parent / "empty")], "config.json"),
+    "unknown engine": ("gguf", lambda g: None, lambda g, o: ["run", str(g), "--engine", "vulkan", "--prompt", "hi"],
+                       "unknown engine 'vulkan'"),
+    "synth of an unknown preset": ("plan20b", lambda p: None, lambda p, o: ["synth", str(o), "--preset", "7b"],
+                                   "unknown preset '7b'"),
+    "synth with a spec field not a number": ("plan20b", lambda p: None,
+                                             lambda p, o: ["synth", str(o), "--set", "hidden_size=abc"], "hidden_size"),
+    "memory limit not a size": ("gguf", lambda g: None, lambda g, o: [
+        "profile", str(g), "--engine", "llamacpp", "--memory-limit", "lots"], "bad size 'lots'"),
+    "logits of a missing file": ("gguf", lambda g: g.unlink(), lambda g, o: [
+        "logits", str(g), "--engine", "llamacpp", "--text", "hi", "--out", str(o)], "no such GGUF file"),
+    "package context zero": ("ckpt", lambda c: None,
+                             lambda c, o: ["package", "windows", str(c), "--context", "0", "-o", str(o)], "--context"),
     # device profiles and options
     "profile ISA of another architecture": ("plan20b", lambda p: _write(p.with_suffix(".toml"), (
         Path(__file__).resolve().parents[1] / "profiles" / "pixel-9-pro.toml").read_text().replace(
@@ -310,3 +389,13 @@ def test_an_unforeseen_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp
     assert f"internal error: {type(bug).__name__}: a bug" in stderr
     saved = Path(stderr.split("traceback saved to ")[1].rstrip(")\n"))
     assert saved.is_file() and type(bug).__name__ in saved.read_text()
+
+
+def test_engine_log_lines_only_with_verbose(good, monkeypatch):
+    """llama.cpp's and ggml's own lines stay off stderr; `edgeoss --verbose` shows them."""
+    monkeypatch.setenv("EDGEOSS_VERBOSE", "0")  # restored after the test; --verbose sets it to 1
+    args = ["run", str(good["gguf"]), "--engine", "llamacpp", "--prompt", "hi", "--max-new-tokens", "1"]
+    code, quiet = _run(args)
+    assert code == 0 and "llama_" not in quiet and "ggml_" not in quiet, quiet
+    code, verbose = _run(["--verbose", *args])
+    assert code == 0 and "llama_model_loader" in verbose

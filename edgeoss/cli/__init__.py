@@ -45,9 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e), e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # `edgeoss` or a group alone: its help
         e.show()
         sys.exit(e.exit_code)
+    except click.ClickException as e:  # a bad option or argument: one line too, with where to read more
+        where = getattr(e, "ctx", None)
+        _fail(e.format_message() + (f" (see `{where.command_path} --help`)" if where else ""), e.exit_code)
     except (click.Abort, KeyboardInterrupt) as e:
         if isinstance(e.__cause__, EOFError):  # click turns an EOFError raised anywhere into Abort
             _internal_error(e.__cause__)

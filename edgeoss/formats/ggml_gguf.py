@@ -79,8 +79,17 @@ def _lib() -> ctypes.CDLL:
         fn = getattr(lib, getter)
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctype
     lib.ggml_log_set.argtypes, lib.ggml_log_set.restype = [_LOG_CALLBACK, ctypes.c_void_p], None
-    lib.ggml_log_set(_log_to_verbose, None)
+    route_native_logs(lib)
     return lib
+
+
+def route_native_logs(lib: ctypes.CDLL | None = None) -> None:
+    """Send ggml's and llama.cpp's own log lines through `_log_to_verbose` (llama-cpp-python's logger prints
+    some of them whatever its `verbose` says)."""
+    import llama_cpp
+
+    (lib or _lib()).ggml_log_set(_log_to_verbose, None)
+    llama_cpp.llama_log_set(_log_to_verbose, None)
 
 
 _LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
