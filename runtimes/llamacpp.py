@@ -185,7 +185,7 @@ class LlamaCppEngine:
 
         if verbose is None:  # `edgeoss --verbose`: llama.cpp's own loader lines on stderr
             verbose = os.environ.get("EDGEOSS_VERBOSE") == "1"
-        route_native_logs()
+        route_native_logs(verbose=verbose)
 
         path = Path(artifact_path)
         if not path.is_file():

@@ -50,6 +50,31 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tiny_hf, command)
     assert list(full_disk.iterdir()) == []  # neither the output nor a partial file
 
 
+@pytest.mark.parametrize("command", [
+    ["plan", "--preset", "20b", "--device", "pixel-9-pro", "-o", "{out}/plan.json"],
+    ["profile", "{gguf}", "--engine", "llamacpp", "--prompt-tokens", "8", "--gen-tokens", "2", "--runs", "1",
+     "-o", "{out}/profile.json"],
+])
+def test_small_outputs_on_a_disk_already_full(full_disk, gguf_file, command):
+    """Plan and profile outputs are small: the disk is filled first, then they must fail as cleanly."""
+    filler = full_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    args = [a.format(gguf=gguf_file, out=full_disk) for a in command]
+    code, stderr = _run(args)
+    assert code == 2 and "No space left on device" in stderr and "Traceback" not in stderr, stderr
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tiny_hf, tmp_path_factory) -> Path:
+    from edgeoss.exporters.gguf import export_gguf
+
+    return export_gguf(tiny_hf, tmp_path_factory.mktemp("faults") / "tiny.gguf", progress=False)[0]
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgeoss", *map(str, args)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

@@ -79,27 +79,33 @@ def _lib() -> ctypes.CDLL:
         fn = getattr(lib, getter)
         fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctype
     lib.ggml_log_set.argtypes, lib.ggml_log_set.restype = [_LOG_CALLBACK, ctypes.c_void_p], None
-    route_native_logs(lib)
+    lib.ggml_log_set(_log_to_verbose, None)
     return lib
 
 
-def route_native_logs(lib: ctypes.CDLL | None = None) -> None:
+def route_native_logs(verbose: bool | None = None) -> None:
     """Send ggml's and llama.cpp's own log lines through `_log_to_verbose` (llama-cpp-python's logger prints
-    some of them whatever its `verbose` says)."""
+    some of them whatever its `verbose` says): shown when `verbose`, by default when EDGEOSS_VERBOSE=1
+    (`edgeoss --verbose`)."""
     import llama_cpp
 
-    (lib or _lib()).ggml_log_set(_log_to_verbose, None)
+    _SHOW_LOGS[0] = verbose
+    _lib().ggml_log_set(_log_to_verbose, None)
     llama_cpp.llama_log_set(_log_to_verbose, None)
 
 
 _LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 
+_SHOW_LOGS: list[bool | None] = [None]  # set by route_native_logs; None: EDGEOSS_VERBOSE decides
+
+
 @_LOG_CALLBACK
 def _log_to_verbose(level: int, text: bytes | None, user_data: object) -> None:
-    """ggml's own messages (a parser's complaint about a broken file) reach stderr only with EDGEOSS_VERBOSE=1
-    (`edgeoss --verbose`): edgeoss says what went wrong in its own line."""
-    if text and os.environ.get("EDGEOSS_VERBOSE") == "1":
+    """ggml's and llama.cpp's own messages (a parser's complaint about a broken file, the loader's listing) reach
+    stderr only when asked for: edgeoss says what went wrong in its own line."""
+    show = os.environ.get("EDGEOSS_VERBOSE") == "1" if _SHOW_LOGS[0] is None else _SHOW_LOGS[0]
+    if text and show:
         sys.stderr.write(text.decode("utf-8", "replace"))
 
 
