@@ -12,6 +12,7 @@ unchanged, so the repack is a pure bit shuffle (no dequantize / requantize).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 BLOCK = 32
@@ -56,38 +57,80 @@ def dequantize(blocks: np.ndarray, scales: np.ndarray, dtype=np.float32) -> np.n
     return values.reshape(*scales.shape[:-1], scales.shape[-1] * BLOCK).astype(dtype, copy=False)
 
 
-def _round_to_fp4_codes(x: np.ndarray) -> np.ndarray:
-    """Nearest E2M1 code for each value of x (already divided by its block scale), ties to even, saturating."""
+def _round_to_fp4_codes(x: np.ndarray, keep_negative_zero: bool = False) -> np.ndarray:
+    """Nearest E2M1 code for each value of x (already divided by its block scale), ties to even (the code whose
+    mantissa bit is 0), saturating at +-6; a value that rounds to zero keeps its sign only if asked."""
     mag = np.minimum(np.abs(x), 6.0)
     positive = FP4_VALUES[:8]
-    # candidates are sorted; pick the nearest, and on a tie the one whose code is even (mantissa bit 0)
-    idx = np.searchsorted(positive, mag)  # first candidate >= mag
-    idx = np.clip(idx, 1, 7)
+    idx = np.clip(np.searchsorted(positive, mag), 1, 7)  # first candidate >= mag
     lo, hi = positive[idx - 1], positive[idx]
     d_lo, d_hi = mag - lo, hi - mag
     take_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (idx % 2 == 0))
-    code = np.where(take_hi, idx, idx - 1).astype(np.uint8)
-    code = np.where(mag == 0, 0, code).astype(np.uint8)
-    return code | (np.signbit(x) & (code != 0)).astype(np.uint8) << 3
+    code = np.where(mag == 0, 0, np.where(take_hi, idx, idx - 1)).astype(np.uint8)
+    negative = np.signbit(x) if keep_negative_zero else np.signbit(x) & (code != 0)
+    return code | negative.astype(np.uint8) << 3
 
 
-def quantize(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float [..., K] (K a multiple of 32) -> (blocks [..., K/32, 16], scales [..., K/32]).
+# llama.cpp's E2M1 table, doubled to integers (ggml-common.h kvalues_mxfp4), in code order
+_KVALUES_X2 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
 
-    OCP MX scale rule: shared exponent = floor(log2(amax)) - emax(E2M1); elements round to nearest even and
-    saturate at +-6. This is the rule gguf-py and ggml use for MXFP4 too.
+
+@numba.njit(cache=True, parallel=True)
+def _quantize_ocp(grouped: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> None:
+    """llama.cpp's quantize_row_mxfp4_ref, block by block, in float32 as it computes: e = floor(log2f(amax)) - 2
+    + 127 (0 for an all-zero block), d = 2^(e - 127) / 2 (ggml_e8m0_to_fp32_half), each code the first of the 16
+    table entries with the least |kvalue * d - x| (ties to the lower code, so never -0)."""
+    for b in numba.prange(grouped.shape[0]):
+        amax = np.float32(0.0)
+        for j in range(BLOCK):
+            amax = max(amax, abs(grouped[b, j]))
+        e = np.uint8(np.int32(np.floor(np.log2(amax))) - 2 + 127) if amax > 0 else np.uint8(0)
+        d = np.float32(np.ldexp(np.float32(1.0), np.int32(e) - 128))
+        scales[b] = e
+        for j in range(BLOCK):
+            x = grouped[b, j]
+            best, best_err = 0, abs(_KVALUES_X2[0] * d - x)
+            for i in range(1, 16):
+                err = abs(_KVALUES_X2[i] * d - x)
+                if err < best_err:
+                    best, best_err = i, err
+            codes[b, j] = best
+
+
+def quantize(weights: np.ndarray, rule: str = "ocp") -> tuple[np.ndarray, np.ndarray]:
+    """float [..., K] (K a multiple of 32) -> (blocks [..., K/32, 16], scales [..., K/32]). Two rules:
+
+    - "ocp" (the default): llama.cpp's `quantize_row_mxfp4_ref` byte for byte (`_quantize_ocp`): the OCP MX
+      shared exponent floor(log2(amax)) - emax(E2M1) = floor(log2(amax)) - 2, each element the nearest E2M1
+      value, ties toward the lower code (the smaller magnitude), never -0; an all-zero block gets scale byte 0.
+    - "triton" (triton_kernels / transformers): the block's scale is amax / 6 rounded up to a power of two
+      (exponent ceil(log2(amax / 6))), so nothing saturates; elements round to nearest, ties to even, and keep
+      their sign when they round to zero.
+    On values that are exact upcasts of MXFP4 both give back the same values. They give back the stored codes and
+    scale of every block whose largest magnitude is 4 or 6 times its scale (codes 6, 7, 14, 15), except for signed
+    zeros; a block whose largest magnitude is smaller gets a smaller exponent and codes twice (or 4, 8 times) as
+    large, for the same values.
     """
-    w = np.asarray(weights, dtype=np.float32)
+    w = np.ascontiguousarray(weights, dtype=np.float32)
     if w.shape[-1] % BLOCK:
         raise ValueError(f"last dimension {w.shape[-1]} is not a multiple of {BLOCK}")
-    grouped = w.reshape(*w.shape[:-1], w.shape[-1] // BLOCK, BLOCK)
-    amax = np.abs(grouped).max(axis=-1)
-    with np.errstate(divide="ignore"):
-        exp = np.where(amax > 0, np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - FP4_EMAX, -SCALE_BIAS)
-    exp = np.clip(exp, -SCALE_BIAS, SCALE_BIAS).astype(np.int32)
-    scales = (exp + SCALE_BIAS).astype(np.uint8)
-    scaled = grouped / np.ldexp(np.float32(1.0), exp)[..., None]
-    return pack_codes(_round_to_fp4_codes(scaled)), scales
+    groups = w.shape[-1] // BLOCK
+    grouped = w.reshape(-1, BLOCK)
+    if rule == "ocp":
+        codes = np.empty(grouped.shape, dtype=np.uint8)
+        scales = np.empty(grouped.shape[0], dtype=np.uint8)
+        _quantize_ocp(grouped, codes, scales)
+    elif rule == "triton":
+        amax = np.abs(grouped).max(axis=-1)
+        mantissa, exponent = np.frexp(amax / np.float32(6.0))  # amax/6 = m * 2^exponent, m in [0.5, 1)
+        exp = np.where(amax > 0, exponent - (mantissa == 0.5), -SCALE_BIAS)  # ceil(log2(amax / 6))
+        exp = np.clip(exp, -SCALE_BIAS, SCALE_BIAS).astype(np.int32)
+        scales = (exp + SCALE_BIAS).astype(np.uint8)
+        codes = _round_to_fp4_codes(grouped / np.ldexp(np.float32(1.0), exp)[:, None], keep_negative_zero=True)
+    else:
+        raise ValueError(f"unknown MXFP4 rounding rule {rule!r} (ocp or triton)")
+    lead = w.shape[:-1]
+    return pack_codes(codes).reshape(*lead, groups, BLOCK_BYTES), scales.reshape(*lead, groups)
 
 
 def to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
