@@ -76,7 +76,7 @@ def _fail(line: str, code: int) -> None:
 
 
 def os_error_line(e: OSError) -> str:
-    """`PATH: why` for an OSError (`cannot write PATH: No space left on device`)."""
+    """`PATH: why` for an OSError (`/data/x.gguf: Permission denied`); `why` alone when it names no path."""
     why = e.strerror or str(e) or type(e).__name__
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
     return f"{' -> '.join(paths)}: {why}" if paths else why
@@ -93,6 +93,6 @@ def save_traceback(e: BaseException) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path.write_text(f"edgeoss {' '.join(sys.argv[1:])}\n\n{''.join(traceback.format_exception(e))}")
-    except OSError as e:
-        return Path(f"<not saved: {os_error_line(e)}>")
+    except OSError as problem:
+        return Path(f"<not saved: {os_error_line(problem)}>")
     return path
