@@ -55,6 +55,21 @@ def cli():
     return run_cli
 
 
+def rewrite_header(path: Path, edit) -> None:
+    """Rewrite a safetensors file's JSON header with edit(header), keeping the data section as it is (offsets are
+    relative to it)."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
 def run_main(argv: list[str]) -> tuple[int, str]:
     """(exit code, stderr) of `edgeoss ARGV` run in this process through `edgeoss.cli.main`, the function the
     console script calls (its top-level error rule included)."""

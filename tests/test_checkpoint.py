@@ -2,11 +2,11 @@
 
 import json
 import shutil
-import struct
 
 import numpy as np
 import pytest
 
+from conftest import rewrite_header
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError
 from edgeoss.formats.safetensors_io import SafetensorsFile, bf16_to_f32
@@ -60,17 +60,6 @@ def test_lazy_expert_access_and_byte_ranges(tiny_hf, tiny_original):
 
 
 # ---- bad input ------------------------------------------------------------------------------------
-def _rewrite_header(path, edit):
-    """Rewrite a shard's JSON header with edit(header), keeping the data section as it is."""
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    edit(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
-
-
 def _shard_of(folder, tensor):
     return folder / json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"][tensor]
 
@@ -98,14 +87,14 @@ def _lying_offsets(d):
     def edit(h):
         b, e = h[Q]["data_offsets"]
         h[Q]["data_offsets"] = [b - 64, e - 64]
-    _rewrite_header(_shard_of(d, Q), edit)
+    rewrite_header(_shard_of(d, Q), edit)
     return [Q, "data_offsets lie"]
 
 
 def _wrong_shape(d):
     def edit(h):
         h[Q]["shape"] = h[Q]["shape"][::-1]
-    _rewrite_header(_shard_of(d, Q), edit)
+    rewrite_header(_shard_of(d, Q), edit)
     return [Q, "expected BF16[256, 64]"]
 
 
@@ -114,7 +103,7 @@ def _wrong_dtype(d):
 
     def edit(h):
         h[name]["dtype"] = "F16"
-    _rewrite_header(_shard_of(d, name), edit)
+    rewrite_header(_shard_of(d, name), edit)
     return [name, "is F16[8], expected BF16[8]"]
 
 

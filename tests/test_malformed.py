@@ -16,6 +16,7 @@ from typing import Callable
 
 import pytest
 
+from conftest import rewrite_header
 from conftest import run_main as _run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,17 +63,6 @@ def _truncate(path: Path, fraction: float = 0.5) -> None:
 def _shard(folder: Path) -> Path:
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     return folder / sorted(set(index["weight_map"].values()))[0]
-
-
-def _set_header(path: Path, change: Callable[[dict], None]) -> None:
-    """Rewrite a safetensors file's JSON header (the data stays where it was: offsets are relative to it)."""
-    raw = path.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    change(header)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
 
 
 def _flip_byte(path: Path, at: int = 10) -> None:
@@ -165,11 +155,11 @@ CASES: dict[str, tuple[str, Callable[[Path], None], Callable[[Path, Path], list[
                                  lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "safetensors"),
     "shard header not JSON": ("ckpt", lambda c: _write(_shard(c), struct.pack("<Q", 8) + b"{{{{{{{{"),
                               lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "safetensors"),
-    "shard __metadata__ not strings": ("ckpt", lambda c: _set_header(_shard(c), _metadata_not_strings),
+    "shard __metadata__ not strings": ("ckpt", lambda c: rewrite_header(_shard(c), _metadata_not_strings),
                                        lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "__metadata__"),
-    "shard data offsets past the end": ("ckpt", lambda c: _set_header(_shard(c), _offsets_past_the_end),
+    "shard data offsets past the end": ("ckpt", lambda c: rewrite_header(_shard(c), _offsets_past_the_end),
                                         lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "safetensors"),
-    "shard dtype not as published": ("ckpt", lambda c: _set_header(_shard(c), _dtype_wrong),
+    "shard dtype not as published": ("ckpt", lambda c: rewrite_header(_shard(c), _dtype_wrong),
                                      lambda c, o: ["export", "gguf", str(c), "-o", str(o)], "F16"),
     "output parent is a file": ("ckpt", lambda c: _write(c.parent / "afile", b"x"),
                                 lambda c, o: ["export", "gguf", str(c), "-o", str(c.parent / "afile" / "x.gguf")],

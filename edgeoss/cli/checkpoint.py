@@ -60,7 +60,8 @@ def _print_inspect(r: dict) -> None:
     from ..units import count, human
 
     s = r["spec"]
-    title = f"{s['name']}" + (f" — {r['layout']} layout, {r['path']}" if "layout" in r else " (preset)")
+    title = f"{s['name']}" + (f" — {r['layout']} layout, {r['experts']} experts, {r['path']}" if "layout" in r
+                              else " (preset)")
     t = Table(title=title, show_header=False)
     t.add_row("layers / experts / top-k", f"{s['num_hidden_layers']} / {s['num_local_experts']} / "
                                           f"{s['num_experts_per_tok']}")

@@ -40,7 +40,7 @@ def _spec_and_source(checkpoint: Path | None, preset_name: str | None):
         raise click.UsageError("give a CHECKPOINT folder or --preset NAME (20b, 120b, tiny, odd)")
     if preset_name:
         return preset(preset_name), f"preset {preset_name}"
-    with Checkpoint.open(checkpoint) as ckpt:
+    with Checkpoint.open(checkpoint, bf16_experts=True) as ckpt:  # the plan needs its spec only
         return ckpt.spec, str(checkpoint)
 
 

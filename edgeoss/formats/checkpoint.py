@@ -23,7 +23,8 @@ from . import mxfp4
 from ..errors import CheckpointError, EdgeossError
 from .layouts import HF, ORIGINAL, stored_name, stored_table
 from .safetensors_io import Entry, SafetensorsFile, bf16_to_f32
-from .spec import BF16, ModelSpec, TensorInfo, from_config, is_original_config, load_config, tensor_table
+from .spec import (BF16, BF16_EXPERTS, MXFP4_EXPERTS, ModelSpec, TensorInfo, from_config, is_original_config,
+                   load_config, tensor_table)
 
 BF16_EXPONENT = np.uint16(0x7F80)  # a bfloat16 whose exponent bits are all set is NaN or infinite
 
@@ -42,13 +43,16 @@ class Located:
 
 class Checkpoint:
     def __init__(self, folder: Path, layout: str, spec: ModelSpec, files: list[SafetensorsFile],
-                 where: dict[str, Located]):
+                 where: dict[str, Located], experts: str = MXFP4_EXPERTS):
         self.folder, self.layout, self.spec, self.files, self._where = folder, layout, spec, files, where
-        self._table = {t.name: t for t in tensor_table(spec)}
+        self.experts = experts  # "mxfp4" as published, or "bf16" (fine-tunes, dequantized copies)
+        self._table = {t.name: t for t in tensor_table(spec, experts)}
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path) -> "Checkpoint":
+    def open(cls, path: str | Path, bf16_experts: bool = False) -> "Checkpoint":
+        """Open and validate a checkpoint folder. A checkpoint with BF16 experts is read only by callers that say
+        they handle them (`bf16_experts=True`); the others get a one-line CheckpointError."""
         folder = Path(path)
         if not folder.exists():
             raise CheckpointError(str(folder), "no such checkpoint folder")
@@ -61,12 +65,17 @@ class Checkpoint:
         layout = ORIGINAL if is_original_config(cfg) else HF
         files = _original_files(folder) if layout == ORIGINAL else _hf_files(folder)
         where = _locate(files)
-        ckpt = cls(folder, layout, spec, files, where)
+        experts = _expert_encoding(cfg, spec, layout, where, folder)
+        if experts == BF16_EXPERTS and not bf16_experts:
+            raise CheckpointError(str(folder), "BF16 experts (a fine-tuned or dequantized checkpoint): edgeoss reads "
+                                               "and checks them (`edgeoss inspect`), but this command needs MXFP4 "
+                                               "experts; quantizing BF16 experts on the way is not built yet")
+        ckpt = cls(folder, layout, spec, files, where, experts)
         ckpt._validate_names()
         return ckpt
 
     def _validate_names(self) -> None:
-        expected = {t.name: t for t in stored_table(self.spec, self.layout)}
+        expected = {t.name: t for t in stored_table(self.spec, self.layout, self.experts)}
         for name, info in expected.items():
             if name not in self._where:
                 raise CheckpointError(str(self.folder), f"missing tensor (expected {info.dtype}{list(info.shape)})",
@@ -81,7 +90,13 @@ class Checkpoint:
                                   extra[0])
 
     def check_values(self) -> None:
-        """Scan what can be wrong inside valid-looking bytes: NaN (0xFF) MXFP4 scale bytes."""
+        """Scan what can be wrong inside valid-looking bytes: NaN (0xFF) MXFP4 scale bytes; NaN or infinite BF16
+        expert weights."""
+        if self.experts == BF16_EXPERTS:
+            for info in self._table.values():
+                if info.kind == "experts":
+                    self.check_finite(info.name, self.raw(info.name))
+            return
         for layer in range(self.spec.num_hidden_layers):
             for proj in EXPERT_PROJECTIONS:
                 name = f"layers.{layer}.{proj}.scales"
@@ -186,6 +201,18 @@ def _original_files(folder: Path) -> list[SafetensorsFile]:
     if not paths:
         raise CheckpointError(str(folder), "no *.safetensors file")
     return [SafetensorsFile(p) for p in paths]
+
+
+def _expert_encoding(cfg: dict, spec: ModelSpec, layout: str, where: dict[str, Located], folder: Path) -> str:
+    """MXFP4 or BF16 experts, from the stored names (layer 0's gate/up), checked against config.json: a
+    quantization_config says MXFP4, its absence BF16."""
+    bf16_name = stored_name(spec, layout, "layers.0.gate_up.weight").name if layout == HF else None
+    experts = BF16_EXPERTS if bf16_name in where else MXFP4_EXPERTS
+    quantized = cfg.get("quantization_config") is not None
+    if experts == BF16_EXPERTS and quantized:
+        raise CheckpointError(str(folder / "config.json"), "quantization_config says MXFP4 experts, but the "
+                                                           "shards hold BF16 ones", bf16_name)
+    return experts
 
 
 def _locate(files: list[SafetensorsFile]) -> dict[str, Located]:

@@ -29,9 +29,9 @@ def spec_report(spec: ModelSpec) -> dict:
 
 def checkpoint_report(path: str | Path) -> dict:
     """Open, validate every tensor (names, shapes, dtypes, offsets, scale bytes) and describe."""
-    with Checkpoint.open(path) as ckpt:
+    with Checkpoint.open(path, bf16_experts=True) as ckpt:
         ckpt.check_values()  # raises a one-line CheckpointError naming file and tensor
-        report = {"path": str(ckpt.folder), "layout": ckpt.layout,
+        report = {"path": str(ckpt.folder), "layout": ckpt.layout, "experts": ckpt.experts,
                   "files": [{"name": f.path.name, "bytes": f.path.stat().st_size} for f in ckpt.files],
                   **spec_report(ckpt.spec), "validation": "ok"}
         report["bytes"]["stored"] = ckpt.nbytes

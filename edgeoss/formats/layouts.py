@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .spec import ModelSpec, TensorInfo, tensor_table
+from .spec import MXFP4_EXPERTS, ModelSpec, TensorInfo, tensor_table
 
 HF, ORIGINAL = "hf", "original"
 LAYOUTS = (HF, ORIGINAL)
@@ -40,6 +40,7 @@ _HF_LAYER = {
     "gate_up.bias": "mlp.experts.gate_up_proj_bias",
     "down.blocks": "mlp.experts.down_proj_blocks", "down.scales": "mlp.experts.down_proj_scales",
     "down.bias": "mlp.experts.down_proj_bias",
+    "gate_up.weight": "mlp.experts.gate_up_proj", "down.weight": "mlp.experts.down_proj",  # BF16 experts
 }
 _ORIG_GLOBAL = {"embed": "embedding.weight", "norm": "norm.scale", "unembed": "unembedding.weight"}
 _ORIG_LAYER = {
@@ -75,10 +76,11 @@ def stored_name(spec: ModelSpec, layout: str, canonical: str) -> Stored:
     return Stored(f"block.{layer}.{_ORIG_LAYER[rest]}")
 
 
-def stored_table(spec: ModelSpec, layout: str) -> list[TensorInfo]:
-    """Every stored tensor of a layout, with its full shape (fused qkv counted once)."""
+def stored_table(spec: ModelSpec, layout: str, experts: str = MXFP4_EXPERTS) -> list[TensorInfo]:
+    """Every stored tensor of a layout, with its full shape (fused qkv counted once). BF16 experts exist in the
+    Hugging Face layout only (OpenAI publishes `original/` in MXFP4)."""
     out: dict[str, TensorInfo] = {}
-    for info in tensor_table(spec):
+    for info in tensor_table(spec, experts):
         s = stored_name(spec, layout, info.name)
         if s.rows is None:
             out[s.name] = TensorInfo(s.name, info.shape, info.dtype, info.kind, info.layer)

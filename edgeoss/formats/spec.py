@@ -377,10 +377,21 @@ class TensorInfo:
         return self.numel * DTYPE_BYTES[self.dtype]
 
 
-def expert_tensors(spec: ModelSpec, layer: int) -> list[TensorInfo]:
-    """The six MXFP4 expert tensors of a layer (gate/up rows interleaved: even = gate, odd = up)."""
+MXFP4_EXPERTS, BF16_EXPERTS = "mxfp4", "bf16"  # how a checkpoint stores its experts
+
+
+def expert_tensors(spec: ModelSpec, layer: int, experts: str = MXFP4_EXPERTS) -> list[TensorInfo]:
+    """A layer's expert tensors. MXFP4 (as gpt-oss is published): blocks and scales per projection, rows = outputs,
+    gate/up rows interleaved (even = gate, odd = up). BF16 (fine-tunes, dequantized copies; transformers'
+    unquantized GptOssExperts): gate_up.weight [E, H, 2I] with gate/up interleaved along the last axis, and
+    down.weight [E, I, H], inputs first."""
     e, h, i = spec.num_local_experts, spec.hidden_size, spec.intermediate_size
     p = f"layers.{layer}"
+    if experts == BF16_EXPERTS:
+        return [TensorInfo(f"{p}.gate_up.weight", (e, h, 2 * i), BF16, "experts", layer),
+                TensorInfo(f"{p}.gate_up.bias", (e, 2 * i), BF16, "experts", layer),
+                TensorInfo(f"{p}.down.weight", (e, i, h), BF16, "experts", layer),
+                TensorInfo(f"{p}.down.bias", (e, h), BF16, "experts", layer)]
     return [
         TensorInfo(f"{p}.gate_up.blocks", (e, 2 * i, h // MXFP4_BLOCK, MXFP4_BLOCK_BYTES), U8, "experts", layer),
         TensorInfo(f"{p}.gate_up.scales", (e, 2 * i, h // MXFP4_BLOCK), U8, "experts", layer),
@@ -391,7 +402,7 @@ def expert_tensors(spec: ModelSpec, layer: int) -> list[TensorInfo]:
     ]
 
 
-def layer_tensors(spec: ModelSpec, layer: int) -> list[TensorInfo]:
+def layer_tensors(spec: ModelSpec, layer: int, experts: str = MXFP4_EXPERTS) -> list[TensorInfo]:
     h, q, kv, nh, e = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.num_attention_heads, spec.num_local_experts
     p = f"layers.{layer}"
     t = lambda name, shape, kind: TensorInfo(f"{p}.{name}", shape, BF16, kind, layer)  # noqa: E731
@@ -404,15 +415,15 @@ def layer_tensors(spec: ModelSpec, layer: int) -> list[TensorInfo]:
         t("sinks", (nh,), "attention"),
         t("mlp_norm", (h,), "norm"),
         t("router.weight", (e, h), "router"), t("router.bias", (e,), "router"),
-        *expert_tensors(spec, layer),
+        *expert_tensors(spec, layer, experts),
     ]
 
 
-def tensor_table(spec: ModelSpec) -> list[TensorInfo]:
+def tensor_table(spec: ModelSpec, experts: str = MXFP4_EXPERTS) -> list[TensorInfo]:
     """Every tensor of the model, canonical names, in file order (embedding, layers, norm, unembedding)."""
     table = [TensorInfo("embed", (spec.vocab_size, spec.hidden_size), BF16, "embedding")]
     for layer in range(spec.num_hidden_layers):
-        table += layer_tensors(spec, layer)
+        table += layer_tensors(spec, layer, experts)
     table.append(TensorInfo("norm", (spec.hidden_size,), BF16, "norm"))
     table.append(TensorInfo("unembed", (spec.vocab_size, spec.hidden_size), BF16, "unembedding"))
     return table
