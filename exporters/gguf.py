@@ -40,7 +40,7 @@ from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, EdgeossError, SpecError, UsageError
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import NUMPY_DTYPES, bf16_to_f32
-from edgeoss.formats.spec import BF16, ModelSpec, tensor_table
+from edgeoss.formats.spec import BF16, BF16_EXPERTS, ModelSpec, tensor_table
 from edgeoss.formats.gguf_names import (ARCH, DENSE, DENSE_TYPES, EXPERT_PROJECTIONS, expert_name, tensor_name)
 from edgeoss.formats.gguf_meta import EXPERT_ORDER_KEY, missing_keys
 
@@ -182,9 +182,18 @@ def _expert_tensors(reader: _Reader, layer: int, projection: str, order: np.ndar
     """ffn_{gate,up,down}_exps weight [E, rows, in] in MXFP4 and bias [E, rows] in F32, experts in `order`."""
     _, source, first, step = EXPERT_PROJECTIONS[projection]
     p = f"layers.{layer}.{source}"
-    experts, rows, groups, _ = reader.ckpt.info(f"{p}.blocks").shape
+    bf16 = reader.ckpt.experts == BF16_EXPERTS
+    if bf16:  # [E, in, out]
+        experts, inputs, rows = reader.ckpt.info(f"{p}.weight").shape
+        groups = inputs // mxfp4.BLOCK
+    else:
+        experts, rows, groups, _ = reader.ckpt.info(f"{p}.blocks").shape
 
     def weight(old: int) -> np.ndarray:
+        if bf16:  # quantized on the way: this expert's rows first::step as [out, in] (the OCP rule, llama.cpp's)
+            values = bf16_to_f32(reader.read(f"{p}.weight", expert=old)).T[first::step]
+            blocks, scales = mxfp4.quantize(values)
+            return mxfp4.to_ggml(blocks, scales)
         scales = reader.read(f"{p}.scales", expert=old)
         if mxfp4.has_nan_scale(scales):
             raise CheckpointError(str(reader.ckpt.stored_file(f"{p}.scales")),
@@ -374,7 +383,7 @@ def export_gguf(checkpoint: str | Path | Checkpoint, out: str | Path, *, dense_t
     """
     if dense_type not in DENSE_TYPES:
         raise UsageError(f"dense type {dense_type!r}: choose from {', '.join(DENSE_TYPES)}")
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint, bf16_experts=True)
     check_exportable(ckpt.spec)
     order = check_expert_order(ckpt.spec, expert_order or {})
     reader = _Reader(ckpt)

@@ -56,9 +56,9 @@ def test_bf16_experts_are_read_validated_and_equal_the_mxfp4_values(tiny_bf16, t
 
 
 def test_commands_that_need_mxfp4_experts_refuse_bf16_in_one_line(tiny_bf16, tmp_path):
-    code, stderr = run_main(["export", "gguf", str(tiny_bf16), "-o", str(tmp_path / "x.gguf")])
+    code, stderr = run_main(["export", "onnx", str(tiny_bf16), "-o", str(tmp_path / "onnx")])
     assert code == 2 and "BF16 experts" in stderr and len(stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "x.gguf").exists()
+    assert not (tmp_path / "onnx").exists()
     code, stderr = run_main(["plan", str(tiny_bf16), "--device", "pixel-9-pro"])  # a plan needs the spec only
     assert code == 0, stderr
 
@@ -93,3 +93,45 @@ def test_nan_in_a_bf16_expert_and_a_config_that_says_mxfp4_are_refused(tiny_bf16
     (mislabeled / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="quantization_config says MXFP4 experts, but the shards hold BF16"):
         Checkpoint.open(mislabeled, bf16_experts=True)
+
+
+def _experts(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(blocks, scales) of every MXFP4 expert tensor of a GGUF, in the checkpoint's form."""
+    from edgeoss.formats.ggml_gguf import read_metadata
+
+    meta, data = read_metadata(path), path.read_bytes()
+    return {name: mxfp4.from_ggml(np.frombuffer(data[offset:offset + n], np.uint8).reshape(1, -1))
+            for name, (offset, n) in meta.tensor_bytes.items() if name.endswith("_exps.weight")}
+
+
+def test_a_bf16_checkpoint_exports_the_same_mxfp4_experts(tiny_bf16, tiny_hf, tmp_path):
+    """The round trip of the issue: values equal everywhere; bytes equal in every block the OCP rule writes
+    the way the checkpoint stores it (the others hold a -0 code, or have a largest magnitude below 4 units and
+    get a smaller exponent); every other tensor byte-identical."""
+    from edgeoss.exporters.gguf import export_gguf
+    from edgeoss.formats.ggml_gguf import read_metadata
+
+    original = export_gguf(tiny_hf, tmp_path / "mxfp4.gguf", progress=False)[0]
+    code, stderr = run_main(["export", "gguf", str(tiny_bf16), "-o", str(tmp_path / "bf16.gguf")])
+    assert code == 0, stderr
+    ours, theirs = _experts(tmp_path / "bf16.gguf"), _experts(original)
+    assert ours.keys() == theirs.keys() and len(ours) == 12
+    canonical_blocks = different = 0
+    for name, (blocks, scales) in theirs.items():
+        values = mxfp4.dequantize(blocks, scales)
+        assert np.array_equal(mxfp4.dequantize(*ours[name]), values), name
+        requantized = mxfp4.quantize(values)
+        canonical = (requantized[0] == blocks).all(axis=-1) & (requantized[1] == scales)
+        assert (ours[name][0] == blocks)[canonical].all() and (ours[name][1] == scales)[canonical].all(), name
+        codes = mxfp4.unpack_codes(blocks)
+        why = (codes == 8).any(axis=-1) | ((codes & 7).max(axis=-1) < 6)  # a -0 code, or a smaller exponent
+        assert why[~canonical].all(), name
+        canonical_blocks += int(canonical.sum())
+        different += int((~canonical).sum())
+    assert canonical_blocks > 0 and different > 0  # random synthetic codes hold -0 in most blocks
+    a, b = read_metadata(original), read_metadata(tmp_path / "bf16.gguf")
+    data_a, data_b = original.read_bytes(), (tmp_path / "bf16.gguf").read_bytes()
+    for name, (offset, n) in a.tensor_bytes.items():
+        if not name.endswith("_exps.weight"):
+            other, m = b.tensor_bytes[name]
+            assert data_a[offset:offset + n] == data_b[other:other + m], name

@@ -33,7 +33,8 @@ def gguf(checkpoint: Path, out: Path, dense_type: str, plan_path: Path | None, s
     from ..exporters.gguf import export_gguf, read_plan_expert_order
     from ..units import human, parse_size
 
-    ckpt = open_checked(checkpoint, deep=False)  # the exporter checks every scale byte as it reads it
+    # the exporter checks every scale byte and BF16 value as it reads it, and quantizes BF16 experts to MXFP4
+    ckpt = open_checked(checkpoint, deep=False, bf16_experts=True)
     order = read_plan_expert_order(plan_path, ckpt.spec) if plan_path else None
     start = time.perf_counter()
     files = export_gguf(ckpt, out, dense_type=dense_type, expert_order=order,

@@ -225,9 +225,9 @@ def _locate(files: list[SafetensorsFile]) -> dict[str, Located]:
     return where
 
 
-def open_checked(path: str | Path, deep: bool = True) -> Checkpoint:
+def open_checked(path: str | Path, deep: bool = True, bf16_experts: bool = False) -> Checkpoint:
     """Open and, with deep=True, scan values too; any failure is an EdgeossError."""
-    ckpt = Checkpoint.open(path)
+    ckpt = Checkpoint.open(path, bf16_experts)
     if deep:
         ckpt.check_values()
     return ckpt
