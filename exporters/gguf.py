@@ -85,8 +85,9 @@ class GGUFTensor:
 class _Reader:
     """A checkpoint's canonical tensors read with pread: bounded memory, nothing left mapped."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, mxfp4_rule: str = "ocp"):
         self.ckpt = ckpt
+        self.mxfp4_rule = mxfp4_rule  # how BF16 experts are quantized (edgeoss.formats.mxfp4.quantize)
         self._fds: dict[Path, int] = {}
 
     def read(self, name: str, rows: tuple[int, int] | None = None, expert: int | None = None) -> np.ndarray:
@@ -190,9 +191,9 @@ def _expert_tensors(reader: _Reader, layer: int, projection: str, order: np.ndar
         experts, rows, groups, _ = reader.ckpt.info(f"{p}.blocks").shape
 
     def weight(old: int) -> np.ndarray:
-        if bf16:  # quantized on the way: this expert's rows first::step as [out, in] (the OCP rule, llama.cpp's)
+        if bf16:  # quantized on the way: this expert's rows first::step as [out, in]
             values = bf16_to_f32(reader.read(f"{p}.weight", expert=old)).T[first::step]
-            blocks, scales = mxfp4.quantize(values)
+            blocks, scales = mxfp4.quantize(values, reader.mxfp4_rule)
             return mxfp4.to_ggml(blocks, scales)
         scales = reader.read(f"{p}.scales", expert=old)
         if mxfp4.has_nan_scale(scales):
@@ -375,18 +376,22 @@ class _Streamed:
 
 def export_gguf(checkpoint: str | Path | Checkpoint, out: str | Path, *, dense_type: str = "bf16",
                 expert_order: ExpertOrder | None = None, split_max_size: int | None = None,
-                name: str | None = None, workers: int | None = None, progress: bool | None = None) -> list[Path]:
+                name: str | None = None, workers: int | None = None, progress: bool | None = None,
+                mxfp4_rule: str = "ocp") -> list[Path]:
     """Write `checkpoint` as GGUF at `out` (or as shards of at most `split_max_size` tensor bytes each).
 
     expert_order: {layer: permutation}; slot j of that layer's experts holds checkpoint expert order[j], and
-    the router's rows and bias follow, so the model computes the same function. Returns the files written.
+    the router's rows and bias follow, so the model computes the same function. mxfp4_rule: how BF16 experts are
+    quantized ("ocp", llama.cpp's, or "triton"; MXFP4 experts are carried as stored). Returns the files written.
     """
     if dense_type not in DENSE_TYPES:
         raise UsageError(f"dense type {dense_type!r}: choose from {', '.join(DENSE_TYPES)}")
+    if mxfp4_rule not in mxfp4.RULES:
+        raise UsageError(f"MXFP4 rule {mxfp4_rule!r}: choose from {', '.join(mxfp4.RULES)}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint, bf16_experts=True)
     check_exportable(ckpt.spec)
     order = check_expert_order(ckpt.spec, expert_order or {})
-    reader = _Reader(ckpt)
+    reader = _Reader(ckpt, mxfp4_rule)
     try:
         tensors = plan_tensors(reader, DENSE_TYPES[dense_type], order)
         return write_gguf(out, ckpt.spec, tensors, name=name, split_max_size=split_max_size, workers=workers,

@@ -135,3 +135,19 @@ def test_a_bf16_checkpoint_exports_the_same_mxfp4_experts(tiny_bf16, tiny_hf, tm
         if not name.endswith("_exps.weight"):
             other, m = b.tensor_bytes[name]
             assert data_a[offset:offset + n] == data_b[other:other + m], name
+
+
+def test_the_triton_rule_gives_back_the_stored_codes_signed_zeros_included(tiny_bf16, tiny_hf, tmp_path):
+    """BF16 keeps -0, and the triton rule keeps a sign that rounds to zero: every block whose largest magnitude is
+    4 or 6 units comes back byte for byte, -0 codes included; the values come back everywhere."""
+    from edgeoss.exporters.gguf import export_gguf
+
+    original = _experts(export_gguf(tiny_hf, tmp_path / "mxfp4.gguf", progress=False)[0])
+    code, stderr = run_main(["export", "gguf", str(tiny_bf16), "-o", str(tmp_path / "triton.gguf"),
+                             "--mxfp4-rule", "triton"])
+    assert code == 0, stderr
+    triton = _experts(tmp_path / "triton.gguf")
+    for name, (blocks, scales) in original.items():
+        assert np.array_equal(mxfp4.dequantize(*triton[name]), mxfp4.dequantize(blocks, scales)), name
+        full = (mxfp4.unpack_codes(blocks) & 7).max(axis=-1) >= 6
+        assert full.any() and (triton[name][0] == blocks)[full].all() and (triton[name][1] == scales)[full].all()

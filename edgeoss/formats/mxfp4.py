@@ -97,6 +97,9 @@ def _quantize_ocp(grouped: np.ndarray, codes: np.ndarray, scales: np.ndarray) ->
             codes[b, j] = best
 
 
+RULES = ("ocp", "triton")  # quantize's rounding rules
+
+
 def quantize(weights: np.ndarray, rule: str = "ocp") -> tuple[np.ndarray, np.ndarray]:
     """float [..., K] (K a multiple of 32) -> (blocks [..., K/32, 16], scales [..., K/32]). Two rules:
 
