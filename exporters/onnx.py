@@ -19,6 +19,11 @@ The graph, per layer (ONNX opset 23 + com.microsoft contrib ops, fp32 activation
     x = x + QMoE(h, router logits = h @ Wr^T + br)                  (edgeoss.exporters.onnx_experts)
     logits = RMSNormalization(x, norm) @ Wunembed^T
 
+Dense matrices (--dense): "compact" (the default) stores the attention matrices as four 4-bit digits per weight
+for MatMulNBits (edgeoss.exporters.onnx_dense: 2.56 bytes a weight in RAM, within 2^-15 of each block's largest
+weight, 99 % of weights exact), "exact" stores them bf16 behind a Cast that ONNX Runtime folds to float32 at load
+(4 bytes a weight in RAM). The router and the unembedding are exact in both.
+
 Inputs/outputs follow onnxruntime-genai's decoder contract: input_ids, attention_mask,
 past_key_values.N.{key,value} (BNSH) -> logits, present.N.{key,value}; seqlens_k = sum(attention_mask) - 1.
 
@@ -45,6 +50,7 @@ from edgeoss.formats import mxfp4, tokenizer
 from edgeoss.atomic import atomic_dir
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, UsageError
+from edgeoss.exporters import onnx_dense
 from edgeoss.exporters.onnx_experts import DEFAULT_ENCODING, ENCODINGS, MoeShape, QuantError, write_moe
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
@@ -56,6 +62,10 @@ MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_co
 OPSETS = {"": 23, MS: 1}
 CHUNK_BYTES = 32 << 20  # dense tensors are converted in row chunks of about this many source bytes
 DEFAULT_MAX_LENGTH = 4096
+DENSE = {"compact": "attention as four 4-bit digits a weight (MatMulNBits; within 2^-15 of each block's largest "
+                    "weight), router and unembedding exact in float32",
+         "exact": "bf16 as stored, widened to float32 when the session loads"}
+DEFAULT_DENSE = "compact"
 FOLD_LIMIT = 1 << 30  # ONNX Runtime (1.32) skips constant folding of a node whose output exceeds 1 GiB
 PAST, PRESENT = "past_key_values.%d.%s", "present.%d.%s"
 
@@ -139,9 +149,10 @@ def rope_tables(spec: ModelSpec, positions: int) -> tuple[np.ndarray, np.ndarray
 class DecoderWriter:
     """Adds the decoder's nodes in order while its weights stream into the external-data file."""
 
-    def __init__(self, spec: ModelSpec, reader: Reader, data: ExternalData, encoding: str, max_length: int):
+    def __init__(self, spec: ModelSpec, reader: Reader, data: ExternalData, encoding: str, max_length: int,
+                 dense: str = DEFAULT_DENSE):
         self.spec, self.reader, self.data, self.encoding = spec, reader, data, ENCODINGS[encoding]
-        self.max_length = max_length
+        self.max_length, self.dense = max_length, dense
         self.g = Graph()
         self.error = QuantError()
 
@@ -192,11 +203,23 @@ class DecoderWriter:
         stored = self.g.initializer(self.data.add(name, np.uint16, shape, chunks, TensorProto.BFLOAT16))
         return self.g.op("Cast", stored, to=TensorProto.FLOAT, name=f"{name}.fp32")
 
-    def linear(self, x: str, *names: str, bias: bool = True) -> str:
-        """x @ W^T (+ b) with W stored as checkpointed, [out, in] (Gemm transB: no transpose to write)."""
-        w = self.matrix(*(f"{n}.weight" for n in names))
-        b = [self.weight(*(f"{n}.bias" for n in names))] if bias else []
-        return self.g.op("Gemm", x, w, *b, transB=1, name=names[0])
+    def linear(self, x: str, *names: str, compact: bool = False) -> str:
+        """x @ W^T + b with W stored as checkpointed, [out, in] (Gemm transB: no transpose to write), or as 4-bit
+        digits when `compact` and the export's dense encoding is "compact"."""
+        weights = [f"{n}.weight" for n in names]
+        b = self.weight(*(f"{n}.bias" for n in names))
+        infos = [self.reader.ckpt.info(n) for n in weights]
+        if not (compact and self.dense == "compact" and all(i.dtype == BF16 for i in infos)
+                and onnx_dense.fits(infos[0].shape[1])):
+            return self.g.op("Gemm", x, self.matrix(*weights), b, transB=1, name=names[0])
+        n, k = sum(i.shape[0] for i in infos), infos[0].shape[1]
+        parts = [onnx_dense.split(chunk) for w in weights for chunk in self.reader.chunks(w)]
+        stored = [self.g.initializer(self.data.add(f"{names[0]}.{what}", np.uint8 if i != 1 else np.float32,
+                                                   (n, *parts[0][i].shape[1:]), (p[i] for p in parts)))
+                  for i, what in enumerate(("digits", "scales", "zero_points"))]
+        repeated = self.g.op("Concat", *[x] * onnx_dense.DIGITS, axis=-1, name=f"{names[0]}.repeat")
+        return self.g.op("MatMulNBits", repeated, stored[0], stored[1], stored[2], "", b, domain=MS, name=names[0],
+                         K=onnx_dense.DIGITS * k, N=n, bits=4, block_size=onnx_dense.BLOCK, accuracy_level=1)
 
     def norm(self, x: str, name: str) -> str:
         return self.g.op("RMSNormalization", x, self.weight(name), epsilon=self.spec.rms_norm_eps, name=name)
@@ -217,7 +240,7 @@ class DecoderWriter:
                          axis=0)
         for layer in range(s.num_hidden_layers):
             p = f"layers.{layer}"
-            qkv = self.linear(self.norm(x, f"{p}.attn_norm"), f"{p}.q", f"{p}.k", f"{p}.v")
+            qkv = self.linear(self.norm(x, f"{p}.attn_norm"), f"{p}.q", f"{p}.k", f"{p}.v", compact=True)
             window = dict(local_window_size=s.sliding_window, sliding_window_cache=1) if s.is_sliding(layer) \
                 else dict(local_window_size=-1)
             attn = g.op("GroupQueryAttention", g.op("Reshape", qkv, qkv_shape), "", "", PAST % (layer, "key"),
@@ -227,7 +250,7 @@ class DecoderWriter:
                         num_heads=s.num_attention_heads, kv_num_heads=s.num_key_value_heads,
                         scale=float(s.head_dim ** -0.5), do_rotary=1, rotary_interleaved=0, **window)[0]
             attn = g.op("Reshape", attn, g.const("rows_q", np.array([-1, s.q_dim], np.int64)))
-            x = g.op("Add", x, self.linear(attn, f"{p}.o"))
+            x = g.op("Add", x, self.linear(attn, f"{p}.o", compact=True))
             h = self.norm(x, f"{p}.mlp_norm")
             router_logits = self.linear(h, f"{p}.router")
             experts = lambda proj, e, layer=layer: self.reader.expert(layer, proj, e)  # noqa: E731
@@ -315,13 +338,15 @@ def _write_json(path: Path, obj: dict) -> None:
 
 # ---- the export -------------------------------------------------------------------------------------------------
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFAULT_ENCODING,
-                max_length: int | None = None, force: bool = False, progress: bool | None = None) \
-        -> ExportReport:
+                max_length: int | None = None, force: bool = False, progress: bool | None = None,
+                dense: str = DEFAULT_DENSE) -> ExportReport:
     """Write the ONNX folder for a checkpoint; it appears at `out_dir` only once complete. max_length: the positions
     the folder runs (onnxruntime-genai's KV cache, the rope tables); default 4096, or the model's own limit when
     that is less."""
     if experts not in ENCODINGS:
         raise UsageError(f"unknown expert encoding {experts!r} (choose from {', '.join(ENCODINGS)})")
+    if dense not in DENSE:
+        raise UsageError(f"unknown dense encoding {dense!r} (choose from {', '.join(DENSE)})")
     start = time.perf_counter()
     with Checkpoint.open(checkpoint) as ckpt:
         spec = ckpt.spec
@@ -334,13 +359,14 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFA
             reader = Reader(ckpt, advance)
             try:
                 with open(tmp / DATA, "wb") as f:
-                    writer = DecoderWriter(spec, reader, ExternalData(f, DATA), experts, max_length)
+                    writer = DecoderWriter(spec, reader, ExternalData(f, DATA), experts, max_length, dense)
                     inputs, outputs = writer.build()
             finally:
                 reader.close()
             encoding = writer.encoding
             writer.g.save(tmp / MODEL, inputs, outputs, OPSETS,
-                          doc=f"{spec.name}, experts {encoding.name}: {encoding.description}")
+                          doc=f"{spec.name}, experts {encoding.name}: {encoding.description}; dense {dense}: "
+                              f"{DENSE[dense]}")
             _write_json(tmp / GENAI_CONFIG, genai_config(spec, eos_ids(ckpt), max_length))
             tokenizer.write_hf_tokenizer_files(tmp, bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id,
                                                pad_token_id=spec.pad_token_id,
@@ -348,6 +374,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFA
             weight_error = writer.error.as_dict() if not encoding.exact else {}
             _write_json(tmp / MANIFEST, {"format": "onnx", "experts": encoding.name, "exact": encoding.exact,
                                          "description": encoding.description, "weight_error": weight_error,
+                                         "dense": dense, "dense_description": DENSE[dense],
                                          "max_length": max_length, "spec": dataclasses.asdict(spec)})
             nbytes = sum(p.stat().st_size for p in tmp.iterdir())
     return ExportReport(Path(out_dir), experts, encoding.exact, time.perf_counter() - start, nbytes, weight_error)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import time
 
@@ -64,12 +64,16 @@ class Emulation:
       which a GGUF stores in F32) to bf16, as llama.cpp's CPU matmul does for bf16 weights.
     - expert_transform: replace each expert's weights when it is loaded (e.g. requantized experts, to mimic an
       exporter that stores them in another format); see `edgeoss.runtimes.experts.dense_experts`.
+    - attention_transform: replace the bf16 matrices of q, k, v and o by the weights another encoding carries
+      (bf16 bits [N, K] in; float32 [N, K], or the bits unchanged, out), e.g. the ONNX export's 4-bit digits
+      (`edgeoss.exporters.onnx_dense.attention_values`).
     """
 
     ggml_yarn_rounding: bool = False
     q8_activations: bool = False
     bf16_activations: bool = False
     expert_transform: ExpertTransform | None = None
+    attention_transform: Callable[[np.ndarray], np.ndarray] | None = None
 
     NAMES = ("ggml_yarn_rounding", "q8_activations", "bf16_activations")
 
@@ -138,16 +142,17 @@ def expert_mlp(expert: Expert, h: np.ndarray, limit: float, emulation: Emulation
 # ---- weights --------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Linear:
-    """y = x W.T + b with W the checkpoint's bf16 bits (a zero-copy view of the mapping)."""
+    """y = x W.T + b with W the checkpoint's bf16 bits (a zero-copy view of the mapping), or float32 weights
+    (an emulated encoding's)."""
 
-    weight: np.ndarray  # uint16 [out, in]
+    weight: np.ndarray  # uint16 [out, in] (bf16 bits) or float32 [out, in]
     bias: np.ndarray | None  # float32 [out]
     bf16_input: bool = False  # emulate an engine that rounds the activations to bf16 first
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.bf16_input:
             x = bf16_to_f32(f32_to_bf16(x))
-        y = kernels.bf16_matmul(x, self.weight)
+        y = x @ self.weight.T if self.weight.dtype == np.float32 else kernels.bf16_matmul(x, self.weight)
         return y if self.bias is None else y + self.bias
 
 
@@ -164,13 +169,18 @@ class Layer:
     window: int | None  # sliding window, None for a full-attention layer
 
 
-def load_layer(ckpt: Checkpoint, i: int, bf16_input: bool = False) -> Layer:
+def load_layer(ckpt: Checkpoint, i: int, emulation: "Emulation") -> Layer:
     p = f"layers.{i}"
-    linear = lambda name, rounded=bf16_input: Linear(ckpt.raw(f"{p}.{name}.weight"),  # noqa: E731
-                                                     ckpt.f32(f"{p}.{name}.bias"), rounded)
+    carried = emulation.attention_transform or (lambda bits: bits)
+
+    def linear(name: str, emulated: bool = True) -> Linear:
+        weight = ckpt.raw(f"{p}.{name}.weight")
+        return Linear(carried(weight) if emulated else weight, ckpt.f32(f"{p}.{name}.bias"),
+                      emulation.bf16_activations and emulated)
+
     spec = ckpt.spec
     return Layer(ckpt.f32(f"{p}.attn_norm"), linear("q"), linear("k"), linear("v"), linear("o"),
-                 ckpt.f32(f"{p}.sinks"), ckpt.f32(f"{p}.mlp_norm"), linear("router", False),
+                 ckpt.f32(f"{p}.sinks"), ckpt.f32(f"{p}.mlp_norm"), linear("router", emulated=False),
                  spec.sliding_window if spec.is_sliding(i) else None)
 
 
@@ -237,11 +247,11 @@ class ReferenceEngine:
         budget = parse_size(memory_budget) if memory_budget is not None else (plan.budget_bytes if plan else None)
         self.experts = ExpertStore(self.ckpt, budget, plan, self.emulation.expert_transform)
         self.rope: Rope = yarn_rope(self.spec, ggml_rounding=self.emulation.ggml_yarn_rounding)
-        bf16_input = self.emulation.bf16_activations
-        self.layers = [load_layer(self.ckpt, i, bf16_input) for i in range(self.spec.num_hidden_layers)]
+        emu = self.emulation
+        self.layers = [load_layer(self.ckpt, i, emu) for i in range(self.spec.num_hidden_layers)]
         self.embed = self.ckpt.raw("embed")
         self.norm = self.ckpt.f32("norm")
-        self.unembed = Linear(self.ckpt.raw("unembed"), None, bf16_input)
+        self.unembed = Linear(self.ckpt.raw("unembed"), None, emu.bf16_activations)
         self.recorder = TraceRecorder(self.spec) if trace else None
         self.prefill_reads: list[tuple[int, int]] = []  # (tokens, expert bytes read) per prefill call
         self.step_reads: list[int] = []  # expert bytes read by each step

@@ -248,20 +248,29 @@ def test_int4_export_is_more_accurate_than_the_genai_builder(tiny_hf, tmp_path):
 
 # ---- compact: the checkpoint's own bytes --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["tiny", "odd"])
-def test_mxfp4_folder_holds_about_the_checkpoints_bytes(name, request, tmp_path):
-    """MXFP4 experts as stored, dense matrices in the checkpoint's bf16 (widened by a Cast ONNX Runtime folds at
-    load), rope tables for max_length positions: model.onnx + its data within 1.1x the checkpoint's tensors."""
+@pytest.mark.parametrize("dense", ["compact", "exact"])
+def test_mxfp4_folder_holds_about_the_checkpoints_bytes(name, dense, request, tmp_path):
+    """MXFP4 experts as stored; the attention as 4-bit digits (compact, the default) or the checkpoint's bf16
+    (exact, widened by a Cast ONNX Runtime folds at load); the unembedding and embedding bf16; rope tables for
+    max_length positions: model.onnx + its data within 1.1x the checkpoint's tensors."""
     from edgeoss.formats.checkpoint import Checkpoint
 
     source = request.getfixturevalue(f"{name}_hf")
-    folder = export_onnx(source, tmp_path / name, progress=False).path
+    folder = export_onnx(source, tmp_path / name, progress=False, dense=dense).path
     model_files = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
     with Checkpoint.open(source) as ckpt:
         assert model_files <= 1.1 * ckpt.nbytes
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     types = {t.name: t.data_type for t in model.graph.initializer}
-    assert types["unembed"] == types["embed"] == types["layers.0.q.weight"] == onnx.TensorProto.BFLOAT16
-    assert types["layers.0.o.weight"] == onnx.TensorProto.BFLOAT16 and types["norm"] == onnx.TensorProto.FLOAT
+    assert types["unembed"] == types["embed"] == onnx.TensorProto.BFLOAT16 and types["norm"] == onnx.TensorProto.FLOAT
+    assert types["layers.0.router.weight"] == onnx.TensorProto.BFLOAT16  # widened at load, like the unembedding
+    nbits = {n.name for n in model.graph.node if n.op_type == "MatMulNBits"}
+    if dense == "exact":
+        assert types["layers.0.q.weight"] == types["layers.0.o.weight"] == onnx.TensorProto.BFLOAT16 and not nbits
+    else:
+        assert types["layers.0.q.digits"] == types["layers.0.o.digits"] == onnx.TensorProto.UINT8
+        assert nbits == {f"layers.{i}.{m}" for i in range(preset(name).num_hidden_layers) for m in "qo"}
+    assert export_info(folder)["dense"] == dense
 
 
 def test_default_max_length_is_capped_at_the_models_limit(tmp_path):

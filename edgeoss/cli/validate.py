@@ -22,10 +22,15 @@ def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
         from ..exporters.onnx import export_info  # what the exporter recorded about the folder
 
         info = export_info(p)
-        lossy = info.get("experts") == "int4"
-        arts.append(Artifact(f"{p.name} ({info.get('experts', '?')})", "onnxruntime", p, options={"exact": True},
-                             emulation={"int4_experts": str(p)} if lossy else {},
-                             emulation_note="int4 re-quantized experts" if lossy else ""))
+        emulation, notes = {}, []
+        if info.get("experts") == "int4":
+            emulation["int4_experts"], notes = str(p), ["int4 re-quantized experts"]
+        if info.get("dense") == "compact":
+            emulation["dense_digits"] = True
+            notes.append("attention as 4-bit digits")
+        dense = f", {info['dense']} dense" if "dense" in info else ""
+        arts.append(Artifact(f"{p.name} ({info.get('experts', '?')}{dense})", "onnxruntime", p,
+                             options={"exact": True}, emulation=emulation, emulation_note=" and ".join(notes)))
     return arts
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from edgeoss.formats import tokenizer
 from edgeoss.atomic import atomic_dir
 from edgeoss.package.bundle import BundleError, link_or_copy
 from edgeoss.errors import UsageError
-from edgeoss.planner.memory import ENGINES, kv_cache, weight_bytes
+from edgeoss.planner.memory import ENGINES, kv_cache
 from edgeoss.planner.plan import write_plan
 from edgeoss.planner.profiles import DeviceProfile, load_profile
 from edgeoss.formats.ggml_gguf import GGUFMetadata
@@ -389,13 +390,17 @@ def _installed(package: str) -> str:
 
 def windows_memory(spec: ModelSpec, folder: Path, max_length: int) -> int:
     """RAM the folder needs in onnxruntime-genai on CPU: the weights it loads (the external data file), plus the
-    bf16 matrices' widening to float32 when ONNX Runtime folds their Casts at load (all but the embedding), the
-    float32 KV cache it preallocates for max_length tokens in every layer, and the runtime (the planner's
-    onnxruntime-genai model, edgeoss/planner/memory.py)."""
+    widening to float32 of every bf16 matrix but the embedding when ONNX Runtime folds their Casts at load (the
+    unembedding; with --dense exact the attention too), the float32 KV cache it preallocates for max_length
+    tokens in every layer, and the runtime (the planner's onnxruntime-genai model, edgeoss/planner/memory.py)."""
+    import onnx
+
     from edgeoss.exporters.onnx import DATA, MODEL
 
     weights = (folder / DATA).stat().st_size + (folder / MODEL).stat().st_size
-    widened = weight_bytes(spec, "bf16", "ortgenai").dense - weight_bytes(spec, "bf16", "reference").dense
+    graph = onnx.load(folder / MODEL, load_external_data=False).graph
+    widened = sum(2 * math.prod(t.dims) for t in graph.initializer
+                  if t.data_type == onnx.TensorProto.BFLOAT16 and t.name != "embed")
     kv = kv_cache(spec, max_length, "f32", "ortgenai").total_bytes
     return weights + widened + kv + ENGINES["ortgenai"].runtime_bytes
 

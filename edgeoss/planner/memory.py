@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..exporters import onnx_dense
 from ..errors import UsageError
 from ..formats.spec import ModelSpec, tensor_table
 
@@ -164,7 +165,8 @@ def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
     dense_b = _type_bytes(DENSE_TYPES, dense_type, "dense type")
     traits = engine_traits(engine)
     onnx = traits.weight_format == "onnx"
-    if onnx:  # ONNX Runtime folds the bf16 matrices' Casts at load: float32 in RAM, but the Gathered embedding
+    if onnx:  # an ONNX folder as exported by default (--dense compact): the attention matrices as 4-bit digits,
+        # the unembedding's bf16 widened to float32 when ONNX Runtime folds its Cast at load, the embedding bf16
         dense_b = F32_BYTES
     wide = traits.weight_format in ("gguf", "onnx")  # vectors, router and expert biases in float32
     other_b = F32_BYTES if wide or dense_type == "f32" else STORED_BYTES
@@ -184,7 +186,11 @@ def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
                 expert_layer += info.numel  # MXFP4 blocks and scales are bytes already
             continue
         matrix = len(info.shape) == 2 and info.kind in MATRIX_KINDS
-        stored = STORED_BYTES if onnx and info.kind == "embedding" else dense_b
+        stored = dense_b
+        if onnx and info.kind == "embedding":
+            stored = STORED_BYTES
+        elif onnx and info.kind == "attention" and matrix and onnx_dense.fits(info.shape[1]):
+            stored = onnx_dense.BYTES_PER_WEIGHT
         by_kind[info.kind] += math.ceil(info.numel * (stored if matrix else other_b))
     row = math.ceil(spec.hidden_size * (STORED_BYTES if onnx else dense_b))
     return WeightBytes(embedding=by_kind["embedding"], unembedding=by_kind["unembedding"],

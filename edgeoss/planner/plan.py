@@ -168,7 +168,8 @@ def fit(req: PlanRequest) -> Fit:
 
 
 def _fit_mapped(req: PlanRequest) -> Fit:
-    """onnxruntime-genai: the dense weights widened to float32 at load, the embedding and every expert mapped
+    """onnxruntime-genai: the dense weights as exported by default (attention as 4-bit digits, the unembedding
+    widened to float32 at load), the embedding and every expert mapped
     from the file, the KV cache for max_length (= context) positions. ONNX Runtime pins nothing: below this the
     kernel re-reads mapped experts from flash at every token (benchmarks/README.md, issue 23: 0.45-1.06 tok/s
     at 8-12 GiB for 20b), so the plan counts every expert resident."""
@@ -178,8 +179,8 @@ def _fit_mapped(req: PlanRequest) -> Fit:
     ram = sum(parts.values())
     memory = _memory_section(parts, kv, ram_bytes=ram, gpu_bytes=0, budget=budget, gpu_budget=0, repack=0)
     if ram + reserve_bytes(budget) > budget:
-        return Fit(False, memory, f"ONNX Runtime maps every expert and pins none: {human(ram)} (dense weights "
-                                  f"widened to float32, experts, float32 KV cache) plus {human(reserve_bytes(budget))} "
+        return Fit(False, memory, f"ONNX Runtime maps every expert and pins none: {human(ram)} (dense weights, "
+                                  f"experts, float32 KV cache) plus {human(reserve_bytes(budget))} "
                                   f"free exceeds the app budget of {human(budget)}; below that it re-reads "
                                   "experts from flash at every token")
     return Fit(True, memory, resident_slots=req.spec.num_hidden_layers * req.spec.num_local_experts)
@@ -365,7 +366,7 @@ def _model_section(req: PlanRequest) -> dict:
     return {"name": spec.name, "source": req.model_source, "layers": spec.num_hidden_layers,
             "experts_per_layer": spec.num_local_experts, "experts_per_token": spec.num_experts_per_tok,
             "expert_bytes": w.expert, "expert_slot_bytes": w.slot,
-            "dense_type": "f32" if engine_traits(req.engine).weight_format == "onnx" else req.dense_type,
+            "dense_type": "compact" if engine_traits(req.engine).weight_format == "onnx" else req.dense_type,
             "kv_type": engine_kv_type(req.engine, req.kv_type),
             "weight_bytes": w.dense + w.experts_total}
 

@@ -126,19 +126,26 @@ def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> st
 
 def emulation(switches: dict[str, Any]):
     """The reference runtime's Emulation for an artifact's known numerics. "int4_experts" re-quantizes every
-    expert exactly as the ONNX int4 export stores it (the exporter's own encoder, applied as the expert loads)."""
+    expert exactly as the ONNX int4 export stores it (the exporter's own encoder, applied as the expert loads);
+    "dense_digits" replaces the attention matrices by the ONNX compact export's 4-bit digits (its own encoder)."""
     from ..runtimes.reference import Emulation
 
-    if not switches.get("int4_experts"):
-        return Emulation(**switches)
-    from ..exporters.onnx_experts import int4_values
-    from ..runtimes.experts import DenseMatrix, Expert
+    switches = dict(switches)
+    fields = {}
+    if switches.pop("int4_experts", None):
+        from ..exporters.onnx_experts import int4_values
+        from ..runtimes.experts import DenseMatrix, Expert
 
-    def requantized(e: Expert) -> Expert:
-        as_int4 = lambda m: DenseMatrix(int4_values(m.blocks, m.scales))  # noqa: E731
-        return Expert(e.layer, e.index, as_int4(e.gate_up), e.gate_up_bias, as_int4(e.down), e.down_bias)
+        def requantized(e: Expert) -> Expert:
+            as_int4 = lambda m: DenseMatrix(int4_values(m.blocks, m.scales))  # noqa: E731
+            return Expert(e.layer, e.index, as_int4(e.gate_up), e.gate_up_bias, as_int4(e.down), e.down_bias)
 
-    return Emulation(expert_transform=requantized)
+        fields["expert_transform"] = requantized
+    if switches.pop("dense_digits", None):
+        from ..exporters.onnx_dense import attention_values
+
+        fields["attention_transform"] = attention_values
+    return Emulation(**switches, **fields)
 
 
 def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, prompt: int, greedy: int,
