@@ -1,8 +1,8 @@
 """Export a full-size checkpoint (default: a synthesized 20b) to ONNX; print wall time, MB/s and peak RSS.
 
     python benchmarks/export_onnx_20b.py /path/with/60GB/free [--checkpoint DIR] [--experts int8|int4]
-                                          [--preset 20b] [--set KEY=VALUE ...] [--keep]
-    --experts mxfp4 (the default) | int8 | int4
+                                          [--preset 20b] [--set KEY=VALUE ...] [--keep] [--dense exact]
+    --experts mxfp4 (the default) | int8 | int4;  --dense compact (the default) | exact
 
 Without --checkpoint it reuses WORKDIR/<preset>-hf (e.g. left by `synth_20b.py --keep`) or synthesizes it.
 Goal (issue 5): peak RSS <= 1.5 GiB whatever the model size (the exporter streams one expert at a time).
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                     help="spec overrides for the synthesized checkpoint (small runs of this script)")
     ap.add_argument("--experts", default="mxfp4", choices=["mxfp4", "int8", "int4"])
+    ap.add_argument("--dense", default="compact", choices=["compact", "exact"])
     ap.add_argument("--keep", action="store_true", help="leave the ONNX folder")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     source = folder_bytes(checkpoint, "*.safetensors") or folder_bytes(checkpoint / "original", "*.safetensors")
     m = run_measured([sys.executable, "-m", "edgeoss", "export", "onnx", str(checkpoint), "-o", str(out),
-                      "--experts", args.experts], env={"COLUMNS": "200"})
+                      "--experts", args.experts, "--dense", args.dense], env={"COLUMNS": "200"})
     if m.returncode:
         sys.exit(m.stderr)
     written = folder_bytes(out)
@@ -62,10 +63,10 @@ def main() -> None:
     print(m.stderr.strip().splitlines()[-1])
     print(f"onnx.checker.check_model: passed in {checked:.1f} s")
     model_files = folder_bytes(out, "model.onnx*")  # model.onnx + its external data
-    print("| checkpoint | experts | checkpoint bytes | ONNX folder bytes | model files / checkpoint | wall s | "
+    print("| checkpoint | experts | dense | checkpoint bytes | ONNX folder bytes | model files / checkpoint | wall s | "
           "MB/s read | peak RSS MiB | RSS goal |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {checkpoint.name} | {args.experts} | {source:,} | {written:,} | {model_files / source:.2f} | "
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {checkpoint.name} | {args.experts} | {args.dense} | {source:,} | {written:,} | {model_files / source:.2f} | "
           f"{m.wall_s:.1f} | {source / m.wall_s / 1e6:.0f} | {m.peak_rss_bytes / 2**20:.0f} | "
           f"{'met' if m.peak_rss_bytes <= RSS_GOAL else 'MISSED'} (<= {RSS_GOAL / 2**20:.0f}) |")
     if not args.keep:

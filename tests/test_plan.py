@@ -21,6 +21,7 @@ from edgeoss.planner.profiles import DeviceProfile, load_profile
 from edgeoss.formats.routing_trace import write_trace
 from edgeoss.formats.spec import kv_cache_bytes, preset, sizes
 from edgeoss.planner.traces import parametric_trace
+from edgeoss.units import human
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
@@ -290,6 +291,10 @@ def test_ortgenai_holds_compact_attention_every_expert_and_a_max_length_kv_cache
     assert plan["fits_in_ram"] and plan["model"]["dense_type"] == "compact"
     assert m["kv_cache_bytes"] == spec.num_hidden_layers * 2 * spec.kv_dim * 4 * 4096
     assert 13.5 * GIB < m["ram_bytes"] < 14.3 * GIB  # 0.85 GiB less than float32 attention
+    exact = [a for a in plan["advice"] if a.startswith("export onnx --dense exact fits too")]
+    assert len(exact) == 1 and f"of RAM instead of {human(m['ram_bytes'])}" in exact[0]  # where float32 fits
+    phone = plan_for("20b", "pixel-9-pro", 4096, engine="ortgenai")
+    assert not any("--dense exact" in a for a in phone["advice"])
 
 
 def test_ortgenai_predicts_each_isa_and_names_a_faster_engine_where_fp4_is_slow():

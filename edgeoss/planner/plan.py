@@ -68,11 +68,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..exporters import onnx_dense
 from ..atomic import atomic_file
 from .cache_sim import compare, replay
 from ..errors import UsageError
-from .memory import (DENSE_TYPES, GPU_CONTEXT_BYTES, KV_TYPES, STREAM_UBATCH, engine_kv_type, engine_traits,
-                     kv_cache, overhead_bytes, resident_dense_bytes, scratch_bytes, stream_ubatch, weight_bytes)
+from .memory import (DENSE_TYPES, F32_BYTES, GPU_CONTEXT_BYTES, KV_TYPES, STREAM_UBATCH, engine_kv_type,
+                     engine_traits, kv_cache, overhead_bytes, resident_dense_bytes, scratch_bytes, stream_ubatch,
+                     weight_bytes)
 from .kernels import SLOW_FRACTION, expert_kernel
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
 from .predict import Calibration, Layout, Prediction, predict, read_latency_s, uniform_misses_per_token
@@ -341,7 +343,19 @@ def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chun
                   gpu_expert_layers=settings.get("gpu_expert_layers", 0), misses_per_token=misses_per_token,
                   prefill_chunk=prefill_chunk or traits.prefill_chunk or req.prompt_tokens,
                   reads_per_expert=traits.reads_per_expert,
-                  expert_kernel=expert_kernel(req.engine, req.device.cpu_isa))
+                  expert_kernel=expert_kernel(req.engine, req.device.cpu_isa),
+                  extra_dense_params=_digit_params(req.spec) * (onnx_dense.DIGITS - 1)
+                  if traits.weight_format == "onnx" else 0)
+
+
+def _attention_params(spec: ModelSpec) -> int:
+    """Weights of the attention matrices (q, k, v, o) in all layers."""
+    return spec.num_hidden_layers * spec.hidden_size * 2 * (spec.q_dim + spec.kv_dim)
+
+
+def _digit_params(spec: ModelSpec) -> int:
+    """Attention weights an ONNX export (--dense compact) stores as 4-bit digits: each is multiplied once a digit."""
+    return _attention_params(spec) if onnx_dense.fits(spec.hidden_size) and onnx_dense.fits(spec.q_dim) else 0
 
 
 def held_out_misses(trace: Trace, slots: int, spec: ModelSpec, cache_slots: int | None = None) -> float:
@@ -596,6 +610,8 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
                           f"(~{SLOW_TOK_S:g} tok/s); a smaller model or a device with more RAM fits better")
     if _kernel_is_slow(req):
         advice += _slow_kernel_advice(req, p, plan["alternatives"] or alternatives(req))
+    if engine_traits(req.engine).weight_format == "onnx" and plan["fits_in_ram"]:
+        advice += _exact_dense_advice(req, plan["memory"]["ram_bytes"])
     llamacpp = plan["engines"]["llamacpp"]
     if req.engine != "llamacpp" and llamacpp["fits"]:
         advice.append(f"llama.cpp can hold the whole model here: {' '.join(llamacpp['flags'])}")
@@ -609,6 +625,19 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
                       f"app storage accepts ({human(limit)}): split them into {shards}+ files "
                       f"(GGUF: export with --split-max-size {limit})")
     return advice
+
+
+def _exact_dense_advice(req: PlanRequest, ram: int) -> list[str]:
+    """An ONNX plan counts the default export (--dense compact: attention as 4-bit digits). Where the attention in
+    float32 fits too, say what --dense exact costs and buys (measured at 20b on this project's x86 VM,
+    benchmarks/README.md: decode 1.32x onnxruntime-genai's compact speed, TTFT 0.65x)."""
+    exact = ram + round(_digit_params(req.spec) * (F32_BYTES - onnx_dense.BYTES_PER_WEIGHT))
+    budget = req.device.app_budget_bytes
+    if exact + reserve_bytes(budget) > budget:
+        return []
+    return [f"export onnx --dense exact fits too ({human(exact)} of RAM instead of {human(ram)}): attention in "
+            "float32, exactly the checkpoint's weights and faster (measured at 20b: decode 1.3x, time to first "
+            "token 0.65x of the compact default)"]
 
 
 def _kernel_is_slow(req: PlanRequest) -> bool:

@@ -77,6 +77,7 @@ class Layout:
     prefill_chunk: int
     reads_per_expert: int = 0  # contiguous reads of one missed expert (the engine's)
     expert_kernel: KernelRate = LLAMA_CPP  # the share of cpu_gflops the expert kernel reaches
+    extra_dense_params: int = 0  # weights multiplied more than once a token (ONNX's attention digits: 3 extra)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
     hits = per_token - misses
     gpu_share = layout.gpu_expert_layers / layers
     expert_params = sizes(spec).params_per_expert
-    dense_params = dense_params_per_token(spec)
+    dense_params = dense_params_per_token(spec) + layout.extra_dense_params
     # decode
     dense_bytes = weights.dense_per_token + kv.total_bytes
     dense_flops = 2 * dense_params + _attention_flops(spec, kv.full_cells, kv.sliding_cells)
