@@ -24,7 +24,7 @@ class CheckpointError(EdgeossError):
 
 
 class TokenizerError(EdgeossError):
-    """A missing or altered vocabulary file."""
+    """A missing or altered vocabulary file, or an unreadable chat template."""
 
 
 class UsageError(EdgeossError):

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from gguf import GGMLQuantizationType as GGML
 
-from edgeoss.formats import mxfp4
+from edgeoss.formats import mxfp4, tokenizer
 from edgeoss.atomic import atomic_file
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, EdgeossError, SpecError, UsageError
@@ -192,9 +192,8 @@ def _expert_tensors(reader: _Reader, layer: int, projection: str, order: np.ndar
 
     def weight(old: int) -> np.ndarray:
         if bf16:  # quantized on the way: this expert's rows first::step as [out, in]
-            values = bf16_to_f32(reader.read(f"{p}.weight", expert=old)).T[first::step]
-            blocks, scales = mxfp4.quantize(values, reader.mxfp4_rule)
-            return mxfp4.to_ggml(blocks, scales)
+            blocks, scales = mxfp4.quantize_bf16_expert(reader.read(f"{p}.weight", expert=old), reader.mxfp4_rule)
+            return mxfp4.to_ggml(blocks[first::step], scales[first::step])
         scales = reader.read(f"{p}.scales", expert=old)
         if mxfp4.has_nan_scale(scales):
             raise CheckpointError(str(reader.ckpt.stored_file(f"{p}.scales")),
@@ -284,14 +283,13 @@ def check_exportable(spec: ModelSpec) -> None:
                         "for gpt-oss, so this model cannot run there")
 
 
-def add_metadata(writer: gguf.GGUFWriter, spec: ModelSpec, name: str) -> None:
+def add_metadata(writer: gguf.GGUFWriter, spec: ModelSpec, name: str, chat_template: str | None = None) -> None:
     """Every key llama.cpp reads for gpt-oss, written explicitly, plus general.* and the tokenizer.
 
     Not written, on purpose: rope.scaling.attn_factor / finetuned (llama.cpp derives the YaRN attention
     factor itself), swiglu limit and gating function (hard-coded for gpt-oss). llama.cpp always rounds the
     YaRN correction range (the HF config's `truncate: false` cannot be expressed).
     """
-    from edgeoss.formats import tokenizer
 
     w = writer
     w.add_type(gguf.GGUFType.MODEL)
@@ -333,7 +331,7 @@ def add_metadata(writer: gguf.GGUFWriter, spec: ModelSpec, name: str) -> None:
     w.add_pad_token_id(spec.pad_token_id)
     w.add_add_bos_token(False)  # harmony prompts start with <|start|>, never <|startoftext|>
     w.add_add_eos_token(False)
-    w.add_chat_template(tokenizer.chat_template())
+    w.add_chat_template(tokenizer.chat_template() if chat_template is None else chat_template)
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -377,12 +375,14 @@ class _Streamed:
 def export_gguf(checkpoint: str | Path | Checkpoint, out: str | Path, *, dense_type: str = "bf16",
                 expert_order: ExpertOrder | None = None, split_max_size: int | None = None,
                 name: str | None = None, workers: int | None = None, progress: bool | None = None,
-                mxfp4_rule: str = "ocp") -> list[Path]:
+                mxfp4_rule: str = "ocp", chat_template: str = "checkpoint") -> list[Path]:
     """Write `checkpoint` as GGUF at `out` (or as shards of at most `split_max_size` tensor bytes each).
 
     expert_order: {layer: permutation}; slot j of that layer's experts holds checkpoint expert order[j], and
     the router's rows and bias follow, so the model computes the same function. mxfp4_rule: how BF16 experts are
-    quantized ("ocp", llama.cpp's, or "triton"; MXFP4 experts are carried as stored). Returns the files written.
+    quantized ("ocp", llama.cpp's, or "triton"; MXFP4 experts are carried as stored). chat_template: "checkpoint"
+    (its own when it has one, else edgeoss's harmony template), "harmony" or a Jinja file's path. Returns the
+    files written.
     """
     if dense_type not in DENSE_TYPES:
         raise UsageError(f"dense type {dense_type!r}: choose from {', '.join(DENSE_TYPES)}")
@@ -391,18 +391,20 @@ def export_gguf(checkpoint: str | Path | Checkpoint, out: str | Path, *, dense_t
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint, bf16_experts=True)
     check_exportable(ckpt.spec)
     order = check_expert_order(ckpt.spec, expert_order or {})
+    template, _ = tokenizer.resolve_chat_template(chat_template, ckpt.folder)
     reader = _Reader(ckpt, mxfp4_rule)
     try:
         tensors = plan_tensors(reader, DENSE_TYPES[dense_type], order)
         return write_gguf(out, ckpt.spec, tensors, name=name, split_max_size=split_max_size, workers=workers,
-                          progress=progress, expert_order=order)
+                          progress=progress, expert_order=order, chat_template=template)
     finally:
         reader.close()
 
 
 def write_gguf(out: str | Path, spec: ModelSpec, tensors: Sequence[GGUFTensor], *, name: str | None = None,
                split_max_size: int | None = None, workers: int | None = None,
-               progress: bool | None = None, expert_order: ExpertOrder | None = None) -> list[Path]:
+               progress: bool | None = None, expert_order: ExpertOrder | None = None,
+               chat_template: str | None = None) -> list[Path]:
     """Write metadata for `spec` and `tensors` (in order, each streamed from its tasks) as one GGUF file or
     llama.cpp split shards; each file appears only when complete. Returns the paths written. A layer whose
     experts were reordered records its permutation (`edgeoss.expert_order.<layer>`), so that a plan's expert
@@ -410,7 +412,7 @@ def write_gguf(out: str | Path, spec: ModelSpec, tensors: Sequence[GGUFTensor], 
     out = Path(out)
     workers = workers or min(4, os.cpu_count() or 1)
     writer = _Writer(None, ARCH, split_max_size=split_max_size or 0)
-    add_metadata(writer, spec, name or spec.name)
+    add_metadata(writer, spec, name or spec.name, chat_template)
     for layer, order in sorted((expert_order or {}).items()):
         if list(order) != list(range(spec.num_local_experts)):
             writer.add_array(EXPERT_ORDER_KEY.format(layer=layer), np.asarray(order, dtype=np.int32).tolist())

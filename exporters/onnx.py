@@ -55,7 +55,7 @@ from edgeoss.exporters.onnx_experts import DEFAULT_ENCODING, ENCODINGS, MoeShape
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import bf16_to_f32
-from edgeoss.formats.spec import BF16, ModelSpec, correction_range
+from edgeoss.formats.spec import BF16, BF16_EXPERTS, ModelSpec, correction_range
 from edgeoss.jsonfile import read_json
 
 MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_config.json", "edgeoss.json"
@@ -84,8 +84,9 @@ class ExportReport:
 class Reader:
     """Canonical tensors read with pread, counted for the progress bar."""
 
-    def __init__(self, ckpt: Checkpoint, advance):
+    def __init__(self, ckpt: Checkpoint, advance, mxfp4_rule: str = "ocp"):
         self.ckpt, self.advance = ckpt, advance
+        self.mxfp4_rule = mxfp4_rule  # how BF16 experts are quantized (edgeoss.formats.mxfp4.quantize)
         self._fds: dict[Path, int] = {}
 
     def _pread(self, name: str, expert: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -113,7 +114,11 @@ class Reader:
             yield self._pread(name, rows=(start, min(start + per, end)))
 
     def expert(self, layer: int, proj: str, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(MXFP4 blocks, scales, float32 bias) of one expert: as stored, or BF16 experts quantized on the way."""
         p = f"layers.{layer}.{proj}"
+        if self.ckpt.experts == BF16_EXPERTS:
+            blocks, scales = mxfp4.quantize_bf16_expert(self._pread(f"{p}.weight", e), self.mxfp4_rule)
+            return blocks, scales, bf16_to_f32(self._pread(f"{p}.bias", e))
         scales = self._pread(f"{p}.scales", e)
         if mxfp4.has_nan_scale(scales):
             raise CheckpointError(str(self.ckpt.stored_file(f"{p}.scales")),
@@ -339,24 +344,30 @@ def _write_json(path: Path, obj: dict) -> None:
 # ---- the export -------------------------------------------------------------------------------------------------
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFAULT_ENCODING,
                 max_length: int | None = None, force: bool = False, progress: bool | None = None,
-                dense: str = DEFAULT_DENSE) -> ExportReport:
+                dense: str = DEFAULT_DENSE, mxfp4_rule: str = "ocp", chat_template: str = "checkpoint") \
+        -> ExportReport:
     """Write the ONNX folder for a checkpoint; it appears at `out_dir` only once complete. max_length: the positions
     the folder runs (onnxruntime-genai's KV cache, the rope tables); default 4096, or the model's own limit when
-    that is less."""
+    that is less. mxfp4_rule: how BF16 experts are quantized ("ocp", llama.cpp's, or "triton"); MXFP4 experts
+    are carried as stored. chat_template: "checkpoint" (its own when it has one, else edgeoss's harmony template),
+    "harmony" or a Jinja file's path."""
+    if mxfp4_rule not in mxfp4.RULES:
+        raise UsageError(f"MXFP4 rule {mxfp4_rule!r}: choose from {', '.join(mxfp4.RULES)}")
     if experts not in ENCODINGS:
         raise UsageError(f"unknown expert encoding {experts!r} (choose from {', '.join(ENCODINGS)})")
     if dense not in DENSE:
         raise UsageError(f"unknown dense encoding {dense!r} (choose from {', '.join(DENSE)})")
     start = time.perf_counter()
-    with Checkpoint.open(checkpoint) as ckpt:
+    with Checkpoint.open(checkpoint, bf16_experts=True) as ckpt:
         spec = ckpt.spec
+        template, _ = tokenizer.resolve_chat_template(chat_template, ckpt.folder)
         if max_length is None:
             max_length = min(DEFAULT_MAX_LENGTH, spec.max_position_embeddings)
         if not 0 < max_length <= spec.max_position_embeddings:
             raise UsageError(f"--max-length {max_length} must be in 1..{spec.max_position_embeddings}")
         with atomic_dir(out_dir, overwrite=force) as tmp, \
                 byte_progress(ckpt.nbytes, f"export onnx ({experts})", progress) as advance:
-            reader = Reader(ckpt, advance)
+            reader = Reader(ckpt, advance, mxfp4_rule)
             try:
                 with open(tmp / DATA, "wb") as f:
                     writer = DecoderWriter(spec, reader, ExternalData(f, DATA), experts, max_length, dense)
@@ -370,11 +381,12 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, experts: str = DEFA
             _write_json(tmp / GENAI_CONFIG, genai_config(spec, eos_ids(ckpt), max_length))
             tokenizer.write_hf_tokenizer_files(tmp, bos_token_id=spec.bos_token_id, eos_token_id=spec.eos_token_id,
                                                pad_token_id=spec.pad_token_id,
-                                               model_max_length=spec.max_position_embeddings)
+                                               model_max_length=spec.max_position_embeddings, template=template)
             weight_error = writer.error.as_dict() if not encoding.exact else {}
             _write_json(tmp / MANIFEST, {"format": "onnx", "experts": encoding.name, "exact": encoding.exact,
                                          "description": encoding.description, "weight_error": weight_error,
                                          "dense": dense, "dense_description": DENSE[dense],
+                                         "quantized_from_bf16": mxfp4_rule if ckpt.experts == BF16_EXPERTS else None,
                                          "max_length": max_length, "spec": dataclasses.asdict(spec)})
             nbytes = sum(p.stat().st_size for p in tmp.iterdir())
     return ExportReport(Path(out_dir), experts, encoding.exact, time.perf_counter() - start, nbytes, weight_error)

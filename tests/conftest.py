@@ -70,22 +70,22 @@ def rewrite_header(path: Path, edit) -> None:
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
 
 
-def run_main(argv: list[str]) -> tuple[int, str]:
+def run_main(argv: list[str], with_stdout: bool = False) -> tuple:
     """(exit code, stderr) of `edgeoss ARGV` run in this process through `edgeoss.cli.main`, the function the
-    console script calls (its top-level error rule included)."""
+    console script calls (its top-level error rule included); with_stdout: (exit code, stdout, stderr)."""
     import contextlib
     import io
 
     from edgeoss.cli import main
 
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+    stderr, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
         try:
             main([str(a) for a in argv])
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-    return code, stderr.getvalue()
+    return (code, stdout.getvalue(), stderr.getvalue()) if with_stdout else (code, stderr.getvalue())
 
 
 @pytest.fixture(scope="session")

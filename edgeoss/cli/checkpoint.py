@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ._common import err, out, print_json
+from ._common import err, mxfp4_rule_option, out, print_json
 
 
 # ---- synth -----------------------------------------------------------------------------------------
@@ -92,12 +92,14 @@ def _print_inspect(r: dict) -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--layout", type=click.Choice(["hf", "original"]), required=True, help="layout to write")
+@mxfp4_rule_option
 @click.option("--force", is_flag=True, help="replace OUT_DIR if it exists")
-def convert(src: Path, out_dir: Path, layout: str, force: bool) -> None:
-    """Re-lay a checkpoint into the other published layout (bit-exact, streaming)."""
+def convert(src: Path, out_dir: Path, layout: str, mxfp4_rule: str, force: bool) -> None:
+    """Re-lay a checkpoint into a published layout (bit-exact, streaming); BF16 experts (a fine-tune) become the
+    published MXFP4 on the way."""
     from ..formats.convert import convert as run
 
-    run(src, out_dir, layout, force=force)
+    run(src, out_dir, layout, force=force, mxfp4_rule=mxfp4_rule)
     err.print(f"wrote {out_dir} ({layout} layout)")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ._common import err
+from ._common import chat_template_option, err, mxfp4_rule_option
 
 
 @click.group()
@@ -26,11 +26,10 @@ def export() -> None:
               help="a plan.json whose experts.order permutes each layer's experts (hot experts contiguous)")
 @click.option("--split-max-size", metavar="SIZE", help="write llama.cpp split shards of at most SIZE (e.g. 2GiB)")
 @click.option("--name", help="general.name (default: the model's name)")
-@click.option("--mxfp4-rule", type=click.Choice(["ocp", "triton"]), default="ocp", show_default=True,
-              help="how BF16 experts are quantized: ocp (llama.cpp's quantize_row_mxfp4_ref, byte for byte) or "
-                   "triton (transformers/triton_kernels: scale rounded up, ties to even); MXFP4 experts are kept")
+@mxfp4_rule_option
+@chat_template_option
 def gguf(checkpoint: Path, out: Path, dense_type: str, plan_path: Path | None, split_max_size: str | None,
-         name: str | None, mxfp4_rule: str) -> None:
+         name: str | None, mxfp4_rule: str, chat_template: str) -> None:
     """Write CHECKPOINT as a GGUF file llama.cpp runs (architecture gpt-oss, MXFP4 experts kept bit-exact)."""
     from ..formats.checkpoint import open_checked
     from ..exporters.gguf import export_gguf, read_plan_expert_order
@@ -42,7 +41,7 @@ def gguf(checkpoint: Path, out: Path, dense_type: str, plan_path: Path | None, s
     start = time.perf_counter()
     files = export_gguf(ckpt, out, dense_type=dense_type, expert_order=order,
                         split_max_size=parse_size(split_max_size) if split_max_size else None, name=name,
-                        mxfp4_rule=mxfp4_rule)
+                        mxfp4_rule=mxfp4_rule, chat_template=chat_template)
     took = time.perf_counter() - start
     total = sum(f.stat().st_size for f in files)
     for f in files:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ._common import err
+from ._common import chat_template_option, err, mxfp4_rule_option
 
 
 @click.command("onnx")
@@ -29,16 +29,19 @@ from ._common import err
 @click.option("--plan", "plan_path", type=click.Path(path_type=Path),
               help="a plan.json (edgeoss plan): its ortgenai max_length / context sets --max-length "
                    "(QMoE keeps every expert resident, so the plan's expert order is not needed)")
+@mxfp4_rule_option
+@chat_template_option
 @click.option("--force", is_flag=True, help="replace OUTPUT if it exists")
 def onnx(checkpoint: Path, out: Path, experts: str, dense: str, max_length: int | None, plan_path: Path | None,
-         force: bool) -> None:
+         mxfp4_rule: str, chat_template: str, force: bool) -> None:
     """Write CHECKPOINT as an ONNX folder (GroupQueryAttention with sinks, QMoE experts, genai_config.json)."""
     from ..exporters.onnx import export_onnx, plan_max_length
     from ..units import human
 
     if max_length is None and plan_path:
         max_length = plan_max_length(plan_path)
-    report = export_onnx(checkpoint, out, experts=experts, max_length=max_length, force=force, dense=dense)
+    report = export_onnx(checkpoint, out, experts=experts, max_length=max_length, force=force, dense=dense,
+                         mxfp4_rule=mxfp4_rule, chat_template=chat_template)
     click.echo(str(report.path))
     line = f"wrote {escape(str(report.path))}: {human(report.nbytes)} in {report.seconds:.1f} s, experts {experts}"
     if report.weight_error:

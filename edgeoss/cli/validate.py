@@ -11,6 +11,7 @@ import numpy as np
 from rich.table import Table
 
 from ._common import err, out, print_json
+from ..errors import UsageError
 
 
 # ---- parity -------------------------------------------------------------------------------------------
@@ -34,20 +35,27 @@ def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
     return arts
 
 
-def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None]:
-    """(HF folder for transformers, original/ folder for the gpt_oss witness or None)."""
+def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None, Path | None]:
+    """(HF folder for transformers, original/ folder for the gpt_oss witness or None, the MXFP4 re-quantization of
+    a checkpoint with BF16 experts or None). A BF16 fine-tune is the original itself (transformers loads it as it
+    is); gpt_oss reads MXFP4 only, so it has no second witness."""
     from ..formats.checkpoint import Checkpoint
     from ..formats.convert import convert
+    from ..formats.spec import BF16_EXPERTS
 
-    with Checkpoint.open(checkpoint) as ckpt:
-        layout, folder, nbytes = ckpt.layout, ckpt.folder, ckpt.nbytes
+    with Checkpoint.open(checkpoint, bf16_experts=True) as ckpt:
+        layout, folder, nbytes, experts = ckpt.layout, ckpt.folder, ckpt.nbytes, ckpt.experts
+    if experts == BF16_EXPERTS:
+        if layout != "hf":
+            raise UsageError(f"{checkpoint}: parity on BF16 experts needs the Hugging Face layout")
+        return folder, None, convert(folder, tmp / "mxfp4", "hf", progress=False)
     if layout == "original":
-        return convert(folder, tmp / "hf", "hf", progress=False), folder
+        return convert(folder, tmp / "hf", "hf", progress=False), folder, None
     if (folder / "original" / "config.json").exists():
-        return folder, folder / "original"
+        return folder, folder / "original", None
     if nbytes < 2 << 30:  # small enough to re-lay out for the second witness
-        return folder, convert(folder, tmp / "original", "original", progress=False)
-    return folder, None
+        return folder, convert(folder, tmp / "original", "original", progress=False), None
+    return folder, None, None
 
 
 @click.command()
@@ -68,7 +76,7 @@ def parity(checkpoint: Path, ggufs, onnxs, positions: int, text: Path | None, gr
     from ..formats.spec import from_config, load_config
 
     with tempfile.TemporaryDirectory(prefix="edgeoss-parity-") as tmp:
-        hf, witness = _layouts(checkpoint, Path(tmp))
+        hf, witness, requantized = _layouts(checkpoint, Path(tmp))
         spec = from_config(load_config(hf / "config.json"))
         if text:
             from ..formats.tokenizer import encode
@@ -77,7 +85,7 @@ def parity(checkpoint: Path, ggufs, onnxs, positions: int, text: Path | None, gr
         else:
             tokens = np.array(random_prompt(spec, positions, seed), dtype=np.int64)
         result = run.run(hf, _artifacts(ggufs, onnxs), tokens, greedy=greedy_tokens, witness=witness,
-                         on_progress=lambda s: err.print(f"parity: {s} ..."))
+                         on_progress=lambda s: err.print(f"parity: {s} ..."), requantized=requantized)
     run.save(result, None, report)
     if as_json:
         print_json(result)
@@ -159,7 +167,6 @@ def profile(artifact: Path, engine: str, prompt_tokens: int, gen_tokens: int, ru
     With --device NAME --plan plan.json this is the check that a plan fits: the engine runs with the plan's
     settings inside a memory cgroup as large as the device's app budget (page cache charged)."""
     from .. import plots
-    from ..errors import UsageError
     from ..validate.profiler import profile as measure
     from ..units import parse_size
 

@@ -67,9 +67,9 @@ class Checkpoint:
         where = _locate(files)
         experts = _expert_encoding(cfg, spec, layout, where, folder)
         if experts == BF16_EXPERTS and not bf16_experts:
-            raise CheckpointError(str(folder), "BF16 experts (a fine-tuned or dequantized checkpoint): edgeoss reads "
-                                               "and checks them (`edgeoss inspect`), but this command needs MXFP4 "
-                                               "experts; quantizing BF16 experts on the way is not built yet")
+            raise CheckpointError(str(folder), "BF16 experts (a fine-tuned or dequantized checkpoint): this command "
+                                               "needs MXFP4 experts; `edgeoss convert SRC OUT --layout hf` writes "
+                                               "them (export, plan, parity and package take BF16 as it is)")
         ckpt = cls(folder, layout, spec, files, where, experts)
         ckpt._validate_names()
         return ckpt

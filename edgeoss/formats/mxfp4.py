@@ -15,6 +15,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .safetensors_io import bf16_to_f32
+
 BLOCK = 32
 BLOCK_BYTES = BLOCK // 2
 GGML_BLOCK_BYTES = 1 + BLOCK_BYTES
@@ -134,6 +136,12 @@ def quantize(weights: np.ndarray, rule: str = "ocp") -> tuple[np.ndarray, np.nda
         raise ValueError(f"unknown MXFP4 rounding rule {rule!r} (ocp or triton)")
     lead = w.shape[:-1]
     return pack_codes(codes).reshape(*lead, groups, BLOCK_BYTES), scales.reshape(*lead, groups)
+
+
+def quantize_bf16_expert(bits: np.ndarray, rule: str = "ocp") -> tuple[np.ndarray, np.ndarray]:
+    """One expert's BF16 weight as transformers' unquantized GptOssExperts stores it, bits [in, out], as the
+    published MXFP4 checkpoints store it: (blocks [out, in/32, 16], scales [out, in/32]), blocks along `in`."""
+    return quantize(bf16_to_f32(bits).T, rule)
 
 
 def to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:

@@ -124,7 +124,8 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str, str], total: int) -> None:
+def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str, str], total: int,
+                chat_template: str | None = None) -> None:
     if layout == ORIGINAL:
         _write_json(folder / "config.json", to_original_config(spec))
         dtypes = {t.name: ("FP4" if t.name.endswith(".blocks") else "UE8" if t.name.endswith(".scales") else "BF16")
@@ -139,7 +140,7 @@ def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str
     _write_json(folder / "model.safetensors.index.json",
                 {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
     from . import tokenizer  # the tokenizer files are what transformers' loaders read
-    tokenizer.write_hf_tokenizer_files(folder)
+    tokenizer.write_hf_tokenizer_files(folder, template=chat_template)
 
 
 def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0, force: bool = False,
@@ -149,8 +150,9 @@ def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0
 
 
 def write_checkpoint(out: str | Path, spec: ModelSpec, layout: str, source: Source, force: bool = False,
-                     progress: bool | None = None) -> Path:
-    """Write a checkpoint folder in a layout from any source of canonical tensors (synthesis, conversion)."""
+                     progress: bool | None = None, chat_template: str | None = None) -> Path:
+    """Write a checkpoint folder in a layout from any source of canonical tensors (synthesis, conversion);
+    `chat_template`: the one its tokenizer files carry (default: edgeoss's harmony template)."""
     if layout not in (HF, ORIGINAL):
         raise ValueError(layout)
     plan = shard_plan(spec, layout)
@@ -168,7 +170,7 @@ def write_checkpoint(out: str | Path, spec: ModelSpec, layout: str, source: Sour
                         advance(chunk.nbytes)
                     weight_map[t.name] = filename
                 writer.finish()
-        _side_files(tmp, spec, layout, weight_map, total)
+        _side_files(tmp, spec, layout, weight_map, total, chat_template)
     return Path(out)
 
 

@@ -31,6 +31,7 @@ from unittest import mock
 import numpy as np
 
 from ..errors import TokenizerError
+from ..jsonfile import read_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -312,6 +313,57 @@ def chat_template() -> str:
     return (importlib.resources.files("edgeoss") / "data" / "gpt_oss_chat_template.jinja").read_text("utf-8")
 
 
+CHAT_TEMPLATE_CHOICES = ("checkpoint", "harmony")  # or the path of a .jinja file
+
+
+def checkpoint_chat_template(folder: PathLike) -> str | None:
+    """The chat template a checkpoint folder carries, if any: `chat_template.jinja`, else tokenizer_config.json's
+    `chat_template` (a string, or the entry named "default" of a list of {name, template}). An `original/`
+    folder's template sits in the folder above it. A fine-tune may change its template, so this one wins."""
+    folder = Path(folder)
+    for where in (folder, folder.parent) if folder.name == "original" else (folder,):
+        jinja = where / "chat_template.jinja"
+        if jinja.is_file():
+            return _template_text(jinja, jinja.read_bytes())
+        config_path = where / "tokenizer_config.json"
+        if config_path.is_file():
+            config = read_json(config_path, "tokenizer config")
+            found = config.get("chat_template") if isinstance(config, dict) else None
+            if isinstance(found, list):
+                found = next((t.get("template") for t in found if isinstance(t, dict) and t.get("name") == "default"),
+                             None)
+            if found is not None:
+                if not isinstance(found, str) or not found.strip():
+                    raise TokenizerError(f"{config_path}: chat_template must be a non-empty string")
+                return found
+    return None
+
+
+def resolve_chat_template(choice: str, checkpoint_folder: PathLike) -> tuple[str, str]:
+    """(template text, where it came from) for `--chat-template`: "checkpoint" (the default: the checkpoint's own,
+    else edgeoss's harmony template), "harmony" (edgeoss's), or the path of a Jinja file."""
+    if choice == "harmony":
+        return chat_template(), "harmony (edgeoss)"
+    if choice == "checkpoint":
+        own = checkpoint_chat_template(checkpoint_folder)
+        return (own, "the checkpoint's") if own is not None else (chat_template(), "harmony (edgeoss; the "
+                                                                                    "checkpoint has none)")
+    path = Path(choice)
+    if not path.is_file():
+        raise TokenizerError(f"--chat-template {choice}: not checkpoint, harmony or a readable file")
+    return _template_text(path, path.read_bytes()), str(path)
+
+
+def _template_text(path: Path, data: bytes) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: a chat template must be UTF-8 text") from None
+    if not text.strip():
+        raise TokenizerError(f"{path}: the chat template is empty")
+    return text
+
+
 def hf_tokenizer_json(vocab: PathLike | None = None) -> dict:
     """tokenizer.json content: byte-level BPE with o200k's Split regex, every special as a special added token."""
     bpe = byte_level_bpe(vocab)
@@ -345,14 +397,16 @@ def _special_name(token_id: int, role: str) -> str:
 
 def write_hf_tokenizer_files(folder: PathLike, *, bos_token_id: int = SPECIAL.startoftext,
                              eos_token_id: int = SPECIAL.return_, pad_token_id: int = SPECIAL.endoftext,
-                             model_max_length: int = 131072, vocab: PathLike | None = None) -> list[Path]:
+                             model_max_length: int = 131072, vocab: PathLike | None = None,
+                             template: str | None = None) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and chat_template.jinja into `folder`
-    (ids as in a ModelSpec: bos/eos/pad_token_id, max_position_embeddings). Returns the paths written."""
+    (ids as in a ModelSpec: bos/eos/pad_token_id, max_position_embeddings; `template`: the chat template, by
+    default edgeoss's harmony one). Returns the paths written."""
     folder = Path(folder)
     names = {role: _special_name(i, role) for role, i in
              (("bos", bos_token_id), ("eos", eos_token_id), ("pad", pad_token_id))}
     special_map = {f"{role}_token": name for role, name in names.items()}
-    template = chat_template()
+    template = chat_template() if template is None else template
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **special_map, "model_max_length": model_max_length,
               "clean_up_tokenization_spaces": False, "model_input_names": ["input_ids", "attention_mask"],
               "chat_template": template}

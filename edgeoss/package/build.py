@@ -72,12 +72,15 @@ def model_fields(spec: ModelSpec) -> dict[str, Any]:
             "params_total": counts.params_total, "params_active": counts.params_active}
 
 
-def add_tokenizer(folder: Path) -> dict[str, Any]:
-    """Write the verified o200k vocabulary and the harmony chat template (unless the input brought them);
-    return the manifest's "tokenizer" and "chat_template" fields."""
+def add_tokenizer(folder: Path, template: str | None = None) -> dict[str, Any]:
+    """Write the verified o200k vocabulary and the chat template: `template` (the model's own, e.g. what its GGUF
+    carries), else what the input brought, else edgeoss's harmony template; return the manifest's "tokenizer"
+    and "chat_template" fields."""
     if not (folder / tokenizer.VOCAB_FILENAME).exists():
         tokenizer.write_vocab(folder)  # checked against O200K_BASE_SHA256 on the way
-    if not (folder / CHAT_TEMPLATE).exists():
+    if template is not None:
+        (folder / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
+    elif not (folder / CHAT_TEMPLATE).exists():
         (folder / CHAT_TEMPLATE).write_text(tokenizer.chat_template(), encoding="utf-8")
     return {"tokenizer": {"vocab_file": tokenizer.VOCAB_FILENAME, "sha256": tokenizer.O200K_BASE_SHA256},
             "chat_template": CHAT_TEMPLATE}
@@ -238,7 +241,7 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
         from edgeoss.formats.checkpoint import Checkpoint
         from edgeoss.exporters.gguf import export_gguf
 
-        with Checkpoint.open(source) as ckpt:
+        with Checkpoint.open(source, bf16_experts=True) as ckpt:  # BF16 experts are quantized on the way
             spec = ckpt.spec
             split = None if max_file_size is None else \
                 _export_split_size(spec, dense_type, max_file_size, folder / ".header.gguf")
@@ -262,6 +265,14 @@ def android_model(source: Path, folder: Path, max_file_size: int | None, dense_t
     if max_file_size is not None:
         _check_file_sizes(files, max_file_size)
     return spec, files, dense_type
+
+
+def gguf_chat_template(path: Path) -> str | None:
+    """The chat template a GGUF carries (tokenizer.chat_template: the checkpoint's own when it had one)."""
+    from edgeoss.formats.ggml_gguf import read_metadata
+
+    template = read_metadata(path).get("tokenizer.chat_template")
+    return template if isinstance(template, str) else None
 
 
 # ---- Android ------------------------------------------------------------------------------------------------------
@@ -342,7 +353,7 @@ def package_android(source: str | Path, out: str | Path, *, device: str, context
             "memory": {"min_free_ram_bytes": plan["memory"]["ram_bytes"] + plan["memory"]["reserve_bytes"],
                        "app_budget_bytes": profile.app_budget_bytes},
             "engine": android_engine(settings, plan, model_file, files[0], spec),
-            **add_tokenizer(folder)}
+            **add_tokenizer(folder, gguf_chat_template(files[0]))}
         _finish(folder, report, fields, lambda: android_readme(folder, fields, profile.name, limit), progress)
     return report, plan
 

@@ -10,6 +10,8 @@ implementations differ by ~0.1 there, while in fp32 they agree to ~1e-5.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,10 @@ class TransformersOracle:
             from transformers import GptOssForCausalLM, Mxfp4Config
         except ImportError:
             raise OracleUnavailable("transformers is not installed") from None
-        self.model = GptOssForCausalLM.from_pretrained(
-            str(hf_folder), dtype=self.torch.float32, attn_implementation="eager",
-            quantization_config=Mxfp4Config(dequantize=True)).eval()
+        config = json.loads((Path(hf_folder) / "config.json").read_text())
+        quantized = {"quantization_config": Mxfp4Config(dequantize=True)} if "quantization_config" in config else {}
+        self.model = GptOssForCausalLM.from_pretrained(  # a BF16 (fine-tuned) checkpoint loads as it is
+            str(hf_folder), dtype=self.torch.float32, attn_implementation="eager", **quantized).eval()
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():

@@ -116,6 +116,9 @@ def gguf_artifact(path: Path) -> Artifact:
     return Artifact(path.name, "llamacpp", path, options={"f32_kv": True}, emulation=emulation, emulation_note=note)
 
 
+QUANTIZED_NOTE = "the BF16 experts quantized to MXFP4"
+
+
 def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> str:
     if vs_original.max_abs <= EXACT:
         return "matches the original (fp32 parity)"
@@ -168,8 +171,11 @@ def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, 
 
 
 def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt: int = 16, greedy: int = 32,
-        witness: Path | None = None, on_progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Compute the report; returns a JSON-ready dict (see `to_markdown`)."""
+        witness: Path | None = None, on_progress: Callable[[str], None] = lambda s: None,
+        requantized: Path | None = None) -> dict:
+    """Compute the report; returns a JSON-ready dict (see `to_markdown`). requantized: for a checkpoint with BF16
+    experts (a fine-tune), its MXFP4 copy (`edgeoss.formats.convert`): the reference runtime runs on it, so its
+    own row measures the MXFP4 quantization, and every artifact's emulation includes it."""
     from .oracles import TransformersOracle, gpt_oss_logits
 
     on_progress("original model (transformers fp32)")
@@ -183,23 +189,31 @@ def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt:
         w = Metrics.between(original, gpt_oss_logits(witness, tokens))
         entries.append(Entry("OpenAI gpt_oss reference", "gpt_oss (torch fp32)", w, -1, greedy,
                              verdict=verdict(w, None, "")))
-    on_progress("reference runtime")
-    ref_logits, ref_greedy = _engine_logits_and_greedy("reference", checkpoint, tokens, prompt, greedy, {})
+    reference = requantized or checkpoint
+    on_progress("reference runtime" + (" on the experts re-quantized to MXFP4" if requantized else ""))
+    ref_logits, ref_greedy = _engine_logits_and_greedy("reference", reference, tokens, prompt, greedy, {})
     m = Metrics.between(original, ref_logits)
-    entries.append(Entry("checkpoint", "reference", m, greedy_match(original_greedy, ref_greedy), greedy,
-                         verdict=verdict(m, None, "")))
+    if requantized:  # this row is the emulation of the quantization: what every artifact inherits from it
+        entries.append(Entry("checkpoint, experts re-quantized to MXFP4", "reference", m,
+                             greedy_match(original_greedy, ref_greedy), greedy, None, QUANTIZED_NOTE,
+                             verdict(m, None, "") if m.max_abs <= EXACT else f"the quantization: {QUANTIZED_NOTE}"))
+    else:
+        entries.append(Entry("checkpoint", "reference", m, greedy_match(original_greedy, ref_greedy), greedy,
+                             verdict=verdict(m, None, "")))
     for art in artifacts:
         on_progress(f"{art.label} in {art.engine}")
         logits, out = _engine_logits_and_greedy(art.engine, art.path, tokens, prompt, greedy, art.options)
         m = Metrics.between(original, logits)
         emulated = None
-        if art.emulation and m.max_abs > EXACT:
-            on_progress(f"reference runtime emulating {art.emulation_note}")
-            emu_logits, _ = _engine_logits_and_greedy("reference", checkpoint, tokens, prompt, 0,
+        note = " and ".join(([QUANTIZED_NOTE] if requantized else []) + ([art.emulation_note] if art.emulation_note
+                                                                         else []))
+        if (art.emulation or requantized) and m.max_abs > EXACT:
+            on_progress(f"reference runtime emulating {note}")
+            emu_logits, _ = _engine_logits_and_greedy("reference", reference, tokens, prompt, 0,
                                                       {"emulation": emulation(art.emulation)})
             emulated = Metrics.between(emu_logits, logits)
         entries.append(Entry(art.label, art.engine, m, greedy_match(original_greedy, out), greedy, emulated,
-                             art.emulation_note, verdict(m, emulated, art.emulation_note)))
+                             note, verdict(m, emulated, note)))
     return {"checkpoint": str(checkpoint), "positions": int(len(tokens)), "prompt_tokens": prompt,
             "greedy_tokens": greedy, "original": "transformers GptOssForCausalLM, fp32, eager, CPU",
             "max_abs_logit_original": float(np.abs(original).max()),
