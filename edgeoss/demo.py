@@ -104,19 +104,19 @@ def export_onnx(d: Demo) -> Row:
 
     report = export(d.paths["checkpoint"], d.workdir / "onnx", experts="mxfp4", max_length=DEMO_CONTEXT, force=True)
     d.paths["onnx"] = report.path
-    return Row("export ONNX", str(report.path), report.nbytes, "MXFP4 experts as stored (QMoE fp4), exact")
+    return Row("export ONNX", str(report.path), report.nbytes,
+               "MXFP4 experts as stored (QMoE fp4), exact; attention as 4-bit digits")
 
 
 def parity(d: Demo) -> Row:
     from .validate import parity as check
-    from .validate.parity import Artifact, gguf_artifact
+    from .validate.parity import gguf_artifact, onnx_artifact
     from .validate.profiler import random_prompt
     from .formats.spec import from_config, load_config
 
     spec = from_config(load_config(d.paths["checkpoint"] / "config.json"))
     tokens = __import__("numpy").array(random_prompt(spec, DEMO_PARITY_POSITIONS), dtype="int64")
-    artifacts = [gguf_artifact(d.paths["gguf"]),
-                 Artifact("onnx (mxfp4)", "onnxruntime", d.paths["onnx"], options={"exact": True})]
+    artifacts = [gguf_artifact(d.paths["gguf"]), onnx_artifact(d.paths["onnx"])]
     report = check.run(d.paths["checkpoint"], artifacts, tokens, greedy=16)
     d.paths["parity"] = d.workdir / "parity.md"
     check.save(report, d.workdir / "parity.json", d.paths["parity"])

@@ -16,23 +16,9 @@ from ..errors import UsageError
 
 # ---- parity -------------------------------------------------------------------------------------------
 def _artifacts(ggufs: tuple[Path, ...], onnxs: tuple[Path, ...]) -> list:
-    from ..validate.parity import Artifact, gguf_artifact
+    from ..validate.parity import gguf_artifact, onnx_artifact
 
-    arts = [gguf_artifact(p) for p in ggufs]
-    for p in onnxs:
-        from ..exporters.onnx import export_info  # what the exporter recorded about the folder
-
-        info = export_info(p)
-        emulation, notes = {}, []
-        if info.get("experts") == "int4":
-            emulation["int4_experts"], notes = str(p), ["int4 re-quantized experts"]
-        if info.get("dense") == "compact":
-            emulation["dense_digits"] = True
-            notes.append("attention as 4-bit digits")
-        dense = f", {info['dense']} dense" if "dense" in info else ""
-        arts.append(Artifact(f"{p.name} ({info.get('experts', '?')}{dense})", "onnxruntime", p,
-                             options={"exact": True}, emulation=emulation, emulation_note=" and ".join(notes)))
-    return arts
+    return [gguf_artifact(p) for p in ggufs] + [onnx_artifact(p) for p in onnxs]
 
 
 def _layouts(checkpoint: Path, tmp: Path) -> tuple[Path, Path | None, Path | None]:

@@ -119,6 +119,23 @@ def gguf_artifact(path: Path) -> Artifact:
 QUANTIZED_NOTE = "the BF16 experts quantized to MXFP4"
 
 
+def onnx_artifact(path: Path) -> Artifact:
+    """An ONNX folder checked in ONNX Runtime, explained by the reference runtime emulating what its export
+    changed (edgeoss.json): int4 re-quantized experts, attention as 4-bit digits."""
+    from ..exporters.onnx import export_info
+
+    info = export_info(path)
+    switches, notes = {}, []
+    if info.get("experts") == "int4":
+        switches["int4_experts"], notes = str(path), ["int4 re-quantized experts"]
+    if info.get("dense") == "compact":
+        switches["dense_digits"] = True
+        notes.append("attention as 4-bit digits")
+    dense = f", {info['dense']} dense" if "dense" in info else ""
+    return Artifact(f"{path.name} ({info.get('experts', '?')}{dense})", "onnxruntime", path, options={"exact": True},
+                    emulation=switches, emulation_note=" and ".join(notes))
+
+
 def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> str:
     if vs_original.max_abs <= EXACT:
         return "matches the original (fp32 parity)"
