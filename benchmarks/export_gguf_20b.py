@@ -1,9 +1,12 @@
 """GGUF export speed and memory next to `cp` and next to llama.cpp's own converter, on a checkpoint folder.
 
-    python benchmarks/export_gguf_20b.py CKPT [--work DIR] [--repeat 3] [--no-converter]
+    python benchmarks/export_gguf_20b.py CKPT [--work DIR] [--repeat 3] [--no-converter] [--read-not-cp]
 
 CKPT is a Hugging Face layout folder (the converter reads only that layout), e.g. from
-`edgeoss synth gpt-oss-20b --preset 20b`. Each tool runs as its own process tree, output + `sync` timed
+`edgeoss synth gpt-oss-20b --preset 20b`, or a BF16 fine-tune's (`--experts bf16`: 42 GB at 20b; edgeoss
+quantizes its experts on the way, where llama.cpp needs its converter to bf16 and then llama-quantize
+MXFP4_MOE). `--read-not-cp` times reading the folder (`cat > /dev/null`, what a copy must at least do) where
+the disk has no room for a copy. Each tool runs as its own process tree, output + `sync` timed
 together; peak RSS is sampled (psutil, every 20 ms) over the whole tree. Order per round: cp, edgeoss,
 converter; medians over rounds. The converter is `convert_hf_to_gguf.py` from the llama-cpp-python 0.3.36
 source distribution (fetched once with pip into --converter-cache), run with this Python and `--outtype bf16`
@@ -128,11 +131,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="scratch folder for outputs (default: beside the checkpoint)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--no-converter", action="store_true", help="skip llama.cpp's converter")
+    parser.add_argument("--read-not-cp", action="store_true",
+                        help="time reading the folder instead of copying it (no room for a copy)")
     parser.add_argument("--converter-cache", type=Path,
                         default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeoss" / "sdist")
     args = parser.parse_args()
 
-    ckpt = Checkpoint.open(args.checkpoint)
+    ckpt = Checkpoint.open(args.checkpoint, bf16_experts=True)
     if ckpt.layout != "hf":
         raise SystemExit(f"{args.checkpoint}: llama.cpp's converter needs the HF layout, this is {ckpt.layout}")
     folder, tensor_bytes = ckpt.folder, ckpt.nbytes
@@ -140,16 +145,24 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     converter = None if args.no_converter else converter_script(args.converter_cache)
 
-    start = time.perf_counter()
-    for f in sorted(folder.glob("*.safetensors")):  # warm the page cache the same way for every tool
-        with open(f, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
-    console.print(f"{folder.name}: {human(tensor_bytes)} of tensors, read once in {time.perf_counter() - start:.1f} s")
+    if tensor_bytes < psutil.virtual_memory().available // 2:
+        start = time.perf_counter()
+        for f in sorted(folder.glob("*.safetensors")):  # warm the page cache the same way for every tool
+            with open(f, "rb") as fh:
+                while fh.read(64 << 20):
+                    pass
+        console.print(f"{folder.name}: {human(tensor_bytes)} of tensors, read once in "
+                      f"{time.perf_counter() - start:.1f} s")
+    else:
+        console.print(f"{folder.name}: {human(tensor_bytes)} of tensors, more than the page cache holds: every "
+                      "tool reads it from disk")
 
     ours, theirs = work / "edgeoss.gguf", work / "converter.gguf"
+    shards = " ".join(f"'{f}'" for f in sorted(folder.glob("*.safetensors")))
+    copy = (["sh", "-c", f"cat {shards} > /dev/null"], []) if args.read_not_cp else \
+        (["cp", "-r", str(folder), str(work / "copy")], [work / "copy"])
     tools: dict[str, tuple[list[str], list[Path]]] = {
-        "cp -r": (["cp", "-r", str(folder), str(work / "copy")], [work / "copy"]),
+        "cp -r": copy,
         "edgeoss export gguf": ([sys.executable, "-m", "edgeoss", "export", "gguf", str(folder), "-o", str(ours)],
                                 [ours]),
     }
@@ -172,10 +185,14 @@ def main() -> None:
 
     with contextlib.suppress(OSError):
         work.rmdir()  # only if nothing else is in it
-    cp_wall = statistics.median(r.wall_s for r in runs["cp -r"])
+    if args.read_not_cp:
+        runs["read (cat > /dev/null)"] = runs.pop("cp -r")
+    cp_name = "read (cat > /dev/null)" if args.read_not_cp else "cp -r"
+    cp_wall = statistics.median(r.wall_s for r in runs[cp_name])
     table = Table(title=f"GGUF export of {folder.name} ({human(tensor_bytes)} of tensors, "
                         f"median of {args.repeat}, {os.cpu_count()} cores; load avg per round)")
-    for column in ("tool", "wall s", "MB/s", "x cp", "peak RSS", "output", "load avg"):
+    for column in ("tool", "wall s", "MB/s", "x read" if args.read_not_cp else "x cp", "peak RSS", "output",
+                   "load avg"):
         table.add_column(column, justify="left" if column == "tool" else "right")
     for name, rs in runs.items():
         wall = statistics.median(r.wall_s for r in rs)

@@ -11,7 +11,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +48,8 @@ def main() -> None:
         sys.exit(m.stderr)
     dd = disk_write_mb_s(args.workdir)
     print(f"machine: {machine()}")
-    print(f"| preset | layout | tensor bytes | wall s | MB/s | peak RSS MiB | dd write MB/s |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| preset | layout | tensor bytes | wall s | MB/s | peak RSS MiB | dd write MB/s |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {args.preset} | {args.layout} | {nbytes:,} | {m.wall_s:.1f} | {nbytes / m.wall_s / 1e6:.0f} | "
           f"{m.peak_rss_bytes / 2**20:.0f} | {dd:.0f} |")
     if not args.keep:

@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import mmap
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -173,6 +175,26 @@ def open_store(files: Sequence[Path], spec: ModelSpec, budget: int | str | None,
                             spec.num_experts_per_tok, budget, pinned)
 
 
+MADV_DONTNEED = 4  # Linux
+
+
+def release_rows(scores: np.ndarray, first: int, end: int) -> None:
+    """Give back the memory of rows first..end of llama-cpp-python's logits buffer once they have been copied.
+
+    With logits_all it keeps a float32 row of the vocabulary (804 KB for gpt-oss) for every position of n_ctx;
+    the pages are touched as positions are evaluated, so 8,192 positions would hold 6.6 GB that nothing reads
+    again (this engine returns copies and never samples from the buffer). Only whole pages inside the rows are
+    released; they read back as zeros. Linux only, a no-op elsewhere."""
+    if not sys.platform.startswith("linux") or end <= first:
+        return
+    page = mmap.PAGESIZE
+    begin = scores.ctypes.data + first * scores.strides[0]
+    stop = scores.ctypes.data + end * scores.strides[0]
+    begin, stop = -(-begin // page) * page, stop // page * page
+    if stop > begin:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(begin), ctypes.c_size_t(stop - begin), MADV_DONTNEED)
+
+
 class LlamaCppEngine:
     name = "llamacpp"
 
@@ -266,7 +288,9 @@ class LlamaCppEngine:
         if not self.options["logits_all"]:  # llama.cpp computed the last position's row only
             row = llama_cpp_lib().llama_get_logits_ith(self._llm.ctx, -1)
             return np.ctypeslib.as_array(row, shape=(1, self._llm.n_vocab())).astype(np.float32)
-        return np.array(self._llm.scores[start:start + len(tokens)], dtype=np.float32)
+        rows = np.array(self._llm.scores[start:start + len(tokens)], dtype=np.float32)
+        release_rows(self._llm.scores, start, start + len(tokens))
+        return rows
 
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         t = time.perf_counter()

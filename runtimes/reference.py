@@ -58,6 +58,8 @@ class Emulation:
     """Deviations of other engines, reproduced on request. All off = the exact HF/OpenAI model.
 
     - ggml_yarn_rounding: floor/ceil the YaRN correction range, as llama.cpp does ([8, 18] for gpt-oss).
+    - ggml_rope_angles: compute the rotary angles as ggml's CPU rope does (float32, one multiplication per pair of
+      dimensions: edgeoss.runtimes.rope), which moves them by ~1e-2 rad at position 8,000.
     - q8_activations: round the input of every expert matmul (before gate_up and before down) to Q8_0 blocks
       of 32, as llama.cpp's CPU MXFP4 matmul does.
     - bf16_activations: round the input of the bf16 dense matmuls (q, k, v, o, unembedding; not the router,
@@ -70,12 +72,13 @@ class Emulation:
     """
 
     ggml_yarn_rounding: bool = False
+    ggml_rope_angles: bool = False
     q8_activations: bool = False
     bf16_activations: bool = False
     expert_transform: ExpertTransform | None = None
     attention_transform: Callable[[np.ndarray], np.ndarray] | None = None
 
-    NAMES = ("ggml_yarn_rounding", "q8_activations", "bf16_activations")
+    NAMES = ("ggml_yarn_rounding", "ggml_rope_angles", "q8_activations", "bf16_activations")
 
     @classmethod
     def named(cls, names: Sequence[str]) -> "Emulation":
@@ -246,7 +249,8 @@ class ReferenceEngine:
         plan = load_plan(plan) if isinstance(plan, (str, Path)) else plan
         budget = parse_size(memory_budget) if memory_budget is not None else (plan.budget_bytes if plan else None)
         self.experts = ExpertStore(self.ckpt, budget, plan, self.emulation.expert_transform)
-        self.rope: Rope = yarn_rope(self.spec, ggml_rounding=self.emulation.ggml_yarn_rounding)
+        self.rope: Rope = yarn_rope(self.spec, ggml_rounding=self.emulation.ggml_yarn_rounding,
+                                    ggml_angles=self.emulation.ggml_rope_angles)
         emu = self.emulation
         self.layers = [load_layer(self.ckpt, i, emu) for i in range(self.spec.num_hidden_layers)]
         self.embed = self.ckpt.raw("embed")

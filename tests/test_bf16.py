@@ -270,3 +270,19 @@ def test_the_triton_rule_gives_back_the_stored_codes_signed_zeros_included(tiny_
         assert np.array_equal(mxfp4.dequantize(*triton[name]), mxfp4.dequantize(blocks, scales)), name
         full = (mxfp4.unpack_codes(blocks) & 7).max(axis=-1) >= 6
         assert full.any() and (triton[name][0] == blocks)[full].all() and (triton[name][1] == scales)[full].all()
+
+
+def test_synth_writes_a_bf16_fine_tune_layout(tmp_path):
+    """`edgeoss synth --experts bf16`: transformers' unquantized layout (no quantization_config), which edgeoss
+    reads as BF16 experts and transformers loads as it is; the original layout has no BF16 form."""
+    from edgeoss.validate.oracles import transformers_logits
+
+    code, stderr = run_main(["synth", str(tmp_path / "ft"), "--experts", "bf16"])
+    assert code == 0, stderr
+    assert "quantization_config" not in json.loads((tmp_path / "ft" / "config.json").read_text())
+    with Checkpoint.open(tmp_path / "ft", bf16_experts=True) as ckpt:
+        assert ckpt.experts == "bf16"
+        ckpt.check_values()
+    assert np.isfinite(transformers_logits(tmp_path / "ft", np.arange(4))).all()
+    code, stderr = run_main(["synth", str(tmp_path / "orig"), "--experts", "bf16", "--layout", "original"])
+    assert code == 2 and "Hugging Face layout" in stderr and not (tmp_path / "orig").exists()

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from ._common import err, mxfp4_rule_option, out, print_json
+from ..errors import UsageError
 
 
 # ---- synth -----------------------------------------------------------------------------------------
@@ -18,20 +19,25 @@ from ._common import err, mxfp4_rule_option, out, print_json
 @click.option("--layout", type=click.Choice(["hf", "original"]), default="hf", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="override a spec field")
+@click.option("--experts", type=click.Choice(["mxfp4", "bf16"]), default="mxfp4", show_default=True,
+              help="mxfp4 as gpt-oss is published, or bf16 as a fine-tune is (Hugging Face layout only)")
 @click.option("--force", is_flag=True, help="replace OUT_DIR if it exists")
-def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tuple[str, ...], force: bool) -> None:
+def synth(out_dir: Path, preset_name: str, layout: str, seed: int, settings: tuple[str, ...], experts: str,
+          force: bool) -> None:
     """Write a synthetic checkpoint folder exactly in a published layout."""
     import time
 
-    from ..formats.spec import apply_overrides, preset, sizes
+    from ..formats.spec import apply_overrides, preset, tensor_table
     from ..formats.synth import synthesize
     from ..units import human
 
     spec = apply_overrides(preset(preset_name), list(settings))
+    if experts == "bf16" and layout != "hf":
+        raise UsageError("--experts bf16 is a Hugging Face layout (fine-tunes publish no original/ folder)")
     start = time.perf_counter()
-    synthesize(out_dir, spec, layout, seed=seed, force=force)
+    synthesize(out_dir, spec, layout, seed=seed, force=force, experts=experts)
     took = time.perf_counter() - start
-    nbytes = sizes(spec).tensor_bytes
+    nbytes = sum(t.nbytes for t in tensor_table(spec, experts))
     err.print(f"wrote {out_dir} ({layout} layout, {spec.name}, {human(nbytes)} of tensors) "
               f"in {took:.1f} s, {nbytes / took / 1e6:.0f} MB/s")
 

@@ -26,7 +26,7 @@ from ..atomic import atomic_dir
 from .layouts import HF, ORIGINAL, stored_name, stored_table
 from ..progress import byte_progress
 from .safetensors_io import Planned, StreamingWriter, data_order, f32_to_bf16
-from .spec import ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original_config
+from .spec import BF16_EXPERTS, MXFP4_EXPERTS, ModelSpec, TensorInfo, tensor_table, to_hf_config, to_original_config
 
 CHUNK_BYTES = 32 << 20
 FP4_RMS = float(np.sqrt(np.mean(mxfp4.FP4_VALUES ** 2)))  # rms of a uniformly drawn E2M1 code
@@ -61,6 +61,8 @@ def recipe(spec: ModelSpec, info: TensorInfo) -> Recipe:
         return Recipe(std=1.0)
     if part == "gate_up.bias":
         return Recipe(std=2.0)
+    if part in ("gate_up.weight", "down.weight"):  # BF16 experts (a fine-tune's layout), the MXFP4 experts' gain
+        return Recipe(std=(1.0 / math.sqrt(h)) if part == "gate_up.weight" else RESIDUAL_GAIN / math.sqrt(i))
     if part.endswith(".blocks") or part.endswith(".scales"):
         k = h if part.startswith("gate_up") else i
         gain = 1.0 if part.startswith("gate_up") else RESIDUAL_GAIN
@@ -94,17 +96,18 @@ def tensor_chunks(spec: ModelSpec, info: TensorInfo, seed: int) -> Iterator[np.n
 Source = Callable[[TensorInfo], Iterator[np.ndarray]]  # a canonical tensor's stored bytes, chunk by chunk
 
 
-def _stored_chunks(spec: ModelSpec, layout: str, stored: str, source: Source) -> Iterator[np.ndarray]:
+def _stored_chunks(spec: ModelSpec, layout: str, stored: str, source: Source, experts: str = MXFP4_EXPERTS) \
+        -> Iterator[np.ndarray]:
     """Chunks of a stored tensor: one canonical tensor, or several stacked along rows (fused qkv)."""
-    parts = [t for t in tensor_table(spec) if stored_name(spec, layout, t.name).name == stored]
+    parts = [t for t in tensor_table(spec, experts) if stored_name(spec, layout, t.name).name == stored]
     parts.sort(key=lambda t: stored_name(spec, layout, t.name).rows or (0, 0))
     for part in parts:
         yield from source(part)
 
 
-def shard_plan(spec: ModelSpec, layout: str) -> dict[str, list[TensorInfo]]:
+def shard_plan(spec: ModelSpec, layout: str, experts: str = MXFP4_EXPERTS) -> dict[str, list[TensorInfo]]:
     """Which stored tensors go in which file, named like the published repos."""
-    table = stored_table(spec, layout)
+    table = stored_table(spec, layout, experts)
     if layout == ORIGINAL:
         return {"model.safetensors": table}
     total = sum(t.nbytes for t in table)
@@ -125,14 +128,17 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str, str], total: int,
-                chat_template: str | None = None) -> None:
+                chat_template: str | None = None, experts: str = MXFP4_EXPERTS) -> None:
     if layout == ORIGINAL:
         _write_json(folder / "config.json", to_original_config(spec))
         dtypes = {t.name: ("FP4" if t.name.endswith(".blocks") else "UE8" if t.name.endswith(".scales") else "BF16")
                   for t in stored_table(spec, layout)}
         _write_json(folder / "dtypes.json", dtypes)
         return
-    _write_json(folder / "config.json", to_hf_config(spec))
+    config = to_hf_config(spec)
+    if experts == BF16_EXPERTS:  # transformers' unquantized GptOssForCausalLM: no quantization_config
+        del config["quantization_config"]
+    _write_json(folder / "config.json", config)
     _write_json(folder / "generation_config.json", {
         "bos_token_id": spec.bos_token_id, "do_sample": True,
         "eos_token_id": [spec.eos_token_id, spec.pad_token_id, 200012], "pad_token_id": spec.pad_token_id,
@@ -144,18 +150,21 @@ def _side_files(folder: Path, spec: ModelSpec, layout: str, weight_map: dict[str
 
 
 def synthesize(out: str | Path, spec: ModelSpec, layout: str = HF, seed: int = 0, force: bool = False,
-               progress: bool | None = None) -> Path:
-    """Write a complete checkpoint folder of random weights; it appears at `out` only once complete."""
-    return write_checkpoint(out, spec, layout, lambda info: tensor_chunks(spec, info, seed), force, progress)
+               progress: bool | None = None, experts: str = MXFP4_EXPERTS) -> Path:
+    """Write a complete checkpoint folder of random weights; it appears at `out` only once complete. experts="bf16":
+    the experts in BF16, as a fine-tune publishes them (Hugging Face layout only)."""
+    return write_checkpoint(out, spec, layout, lambda info: tensor_chunks(spec, info, seed), force, progress,
+                            experts=experts)
 
 
 def write_checkpoint(out: str | Path, spec: ModelSpec, layout: str, source: Source, force: bool = False,
-                     progress: bool | None = None, chat_template: str | None = None) -> Path:
+                     progress: bool | None = None, chat_template: str | None = None,
+                     experts: str = MXFP4_EXPERTS) -> Path:
     """Write a checkpoint folder in a layout from any source of canonical tensors (synthesis, conversion);
     `chat_template`: the one its tokenizer files carry (default: edgeoss's harmony template)."""
-    if layout not in (HF, ORIGINAL):
-        raise ValueError(layout)
-    plan = shard_plan(spec, layout)
+    if layout not in (HF, ORIGINAL) or (experts == BF16_EXPERTS and layout != HF):
+        raise ValueError(f"{layout} layout with {experts} experts")
+    plan = shard_plan(spec, layout, experts)
     total = sum(t.nbytes for group in plan.values() for t in group)
     with atomic_dir(out, overwrite=force) as tmp, byte_progress(total, f"synth {spec.name}", progress) as advance:
         weight_map: dict[str, str] = {}
@@ -165,12 +174,12 @@ def write_checkpoint(out: str | Path, spec: ModelSpec, layout: str, source: Sour
                 writer = StreamingWriter(f, planned, {"format": "pt"})
                 for t in planned:
                     writer.begin(t.name)
-                    for chunk in _stored_chunks(spec, layout, t.name, source):
+                    for chunk in _stored_chunks(spec, layout, t.name, source, experts):
                         writer.write(chunk)
                         advance(chunk.nbytes)
                     weight_map[t.name] = filename
                 writer.finish()
-        _side_files(tmp, spec, layout, weight_map, total, chat_template)
+        _side_files(tmp, spec, layout, weight_map, total, chat_template, experts)
     return Path(out)
 
 

@@ -51,6 +51,20 @@ class TransformersOracle:
             ids = self.torch.as_tensor(np.asarray(tokens, dtype=np.int64))[None]
             return self.model(ids).logits[0].float().numpy()
 
+    def segment_logits(self, tokens: np.ndarray, segments: list[tuple[int, int]]):
+        """Logits segment by segment ((start, length) covering `tokens` in order) with the model's KV cache: a
+        chunked prefill, and single-token segments run as decode steps. Yields float32 [length, vocab]."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        with self.torch.inference_mode():
+            for start, length in segments:
+                ids = self.torch.as_tensor(np.asarray(tokens[start:start + length], dtype=np.int64))[None]
+                positions = self.torch.arange(start, start + length)
+                out = self.model(ids, past_key_values=cache, use_cache=True, cache_position=positions)
+                cache = out.past_key_values
+                yield out.logits[0].float().numpy()
+
     def greedy(self, prompt: np.ndarray, n: int) -> list[int]:
         """n tokens generated greedily after `prompt` (argmax each step, with the model's KV cache)."""
         with self.torch.inference_mode():

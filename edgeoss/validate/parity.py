@@ -43,12 +43,31 @@ class Metrics:
 
     @classmethod
     def between(cls, reference: np.ndarray, other: np.ndarray) -> "Metrics":
+        return Comparison().add(reference, other).metrics()
+
+
+class Comparison:
+    """Metrics of two logit sequences given chunk by chunk (positions in order): nothing but per-position
+    figures is kept, so a comparison over 8,192 positions of a 201,088-token vocabulary holds one chunk."""
+
+    def __init__(self) -> None:
+        self.max_abs: list[np.ndarray] = []
+        self.kl_sum, self.top1_count, self.positions = 0.0, 0, 0
+
+    def add(self, reference: np.ndarray, other: np.ndarray) -> "Comparison":
         if reference.shape != other.shape:
             raise UsageError(f"logits shapes differ: {reference.shape} vs {other.shape}")
-        per_position = np.abs(reference - other).max(axis=-1)
-        return cls(max_abs=float(per_position.max()), median_abs=float(np.median(per_position)),
-                   mean_kl=mean_kl(reference, other), top1=float((reference.argmax(-1) == other.argmax(-1)).mean()),
-                   positions=len(reference))
+        self.max_abs.append(np.abs(reference - other).max(axis=-1))
+        self.kl_sum += mean_kl(reference, other) * len(reference)
+        self.top1_count += int((reference.argmax(-1) == other.argmax(-1)).sum())
+        self.positions += len(reference)
+        return self
+
+    def metrics(self) -> Metrics:
+        per_position = np.concatenate(self.max_abs)
+        return Metrics(max_abs=float(per_position.max()), median_abs=float(np.median(per_position)),
+                       mean_kl=self.kl_sum / self.positions, top1=self.top1_count / self.positions,
+                       positions=self.positions)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -110,9 +129,10 @@ def gguf_artifact(path: Path) -> Artifact:
     from ..formats.ggml_gguf import read_metadata
 
     dense = gguf_dense_type(read_metadata(path), path)
-    emulation = {"ggml_yarn_rounding": True, "q8_activations": True, "bf16_activations": dense == "bf16"}
+    emulation = {"ggml_yarn_rounding": True, "ggml_rope_angles": True, "q8_activations": True,
+                 "bf16_activations": dense == "bf16"}
     note = "llama.cpp's Q8_0 activations" + (", bf16 activations" if dense == "bf16" else "") + \
-        " and rounded YaRN range" + ("" if dense in ("bf16", "f32") else f" ({dense} dense weights not emulated)")
+        ", rounded YaRN range and float32 rope angles" + ("" if dense in ("bf16", "f32") else f" ({dense} dense weights not emulated)")
     return Artifact(path.name, "llamacpp", path, options={"f32_kv": True}, emulation=emulation, emulation_note=note)
 
 
@@ -168,80 +188,142 @@ def emulation(switches: dict[str, Any]):
     return Emulation(**switches, **fields)
 
 
-def _engine_logits_and_greedy(engine_name: str, path: Path, tokens: np.ndarray, prompt: int, greedy: int,
-                              options: dict) -> tuple[np.ndarray, list[int]]:
-    from ..runtimes.engine import all_logits, load_engine
+WITNESS_POSITIONS = 1024  # OpenAI's gpt_oss runs the whole sequence at once (logits [T, vocab], scores [T, T])
+PREFILL_CHUNK = 512  # positions per prefill call in every engine and in the original
 
-    engine = load_engine(engine_name, path, n_ctx=len(tokens) + greedy, **options) \
-        if engine_name == "llamacpp" else load_engine(engine_name, path, **options)
-    try:
-        logits = all_logits(engine, tokens.tolist())
-        engine.reset()
-        row = engine.prefill(tokens[:prompt].tolist())[-1]
-        out = []
-        for _ in range(greedy):
+
+def segments(n: int, spec, chunk: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
+    """(start, length) covering n positions as every engine runs them in the report: prefill in chunks of `chunk`,
+    and single-token decode steps over the last `span` positions and across `initial_context_length` (where
+    YaRN's scaling matters) when the sequence passes it; span = twice the sliding window (16..256), so decode
+    runs past the window."""
+    span = min(256, max(16, 2 * spec.sliding_window))
+    steps = set(range(max(1, n - span), n))
+    middle = spec.rope_original_context
+    if middle + span // 2 < n - span:
+        steps |= set(range(middle - span // 2, middle + span // 2))
+    out, start = [], 0
+    while start < n:
+        if start in steps:
+            out.append((start, 1))
+            start += 1
+            continue
+        end = min(start + chunk, n)
+        end = next((p for p in range(start + 1, end) if p in steps), end)
+        out.append((start, end - start))
+        start = end
+    return out
+
+
+class _Running:
+    """An engine over the report's sequence, segment by segment, then its greedy continuation."""
+
+    def __init__(self, engine_name: str, path: Path, options: dict, n_ctx: int):
+        from ..runtimes.engine import load_engine
+
+        self.engine = load_engine(engine_name, path, n_ctx=n_ctx, **options) if engine_name == "llamacpp" \
+            else load_engine(engine_name, path, **options)
+        self.engine.reset()
+
+    def segment(self, tokens: np.ndarray, start: int, length: int) -> np.ndarray:
+        part = tokens[start:start + length]
+        if length == 1 and start > 0:
+            return self.engine.step(int(part[0]))[None]
+        return self.engine.prefill(part.tolist())
+
+    def greedy(self, prompt: np.ndarray, n: int) -> list[int]:
+        self.engine.reset()
+        row, out = self.engine.prefill(prompt.tolist())[-1], []
+        for _ in range(n):
             out.append(int(row.argmax()))
-            row = engine.step(out[-1])
-        return logits, out
-    finally:
-        engine.close()
+            row = self.engine.step(out[-1])
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt: int = 16, greedy: int = 32,
         witness: Path | None = None, on_progress: Callable[[str], None] = lambda s: None,
         requantized: Path | None = None) -> dict:
-    """Compute the report; returns a JSON-ready dict (see `to_markdown`). requantized: for a checkpoint with BF16
-    experts (a fine-tune), its MXFP4 copy (`edgeoss.formats.convert`): the reference runtime runs on it, so its
-    own row measures the MXFP4 quantization, and every artifact's emulation includes it."""
+    """Compute the report; returns a JSON-ready dict (see `to_markdown`). Every engine runs the sequence in the
+    same segments as the original (`segments`: chunked prefill, decode steps), in lockstep, so that only one
+    segment of logits is held at a time whatever the length. requantized: for a checkpoint with BF16 experts (a
+    fine-tune), its MXFP4 copy (`edgeoss.formats.convert`): the reference runtime runs on it, so its own row
+    measures the MXFP4 quantization, and every artifact's emulation includes it."""
+    from ..formats.spec import from_config, load_config
     from .oracles import TransformersOracle, gpt_oss_logits
 
-    on_progress("original model (transformers fp32)")
-    oracle = TransformersOracle(checkpoint)
-    original = oracle.logits(tokens)
-    original_greedy = oracle.greedy(tokens[:prompt], greedy)
-    oracle.close()
-    entries: list[Entry] = []
+    spec = from_config(load_config(Path(checkpoint) / "config.json"))
+    tokens = np.asarray(tokens, dtype=np.int64)
+    parts = segments(len(tokens), spec)
+    reference = requantized or checkpoint
+    witness_logits = None
     if witness is not None:
-        on_progress("second witness (OpenAI gpt_oss fp32)")
-        w = Metrics.between(original, gpt_oss_logits(witness, tokens))
+        on_progress(f"second witness (OpenAI gpt_oss fp32), first {min(len(tokens), WITNESS_POSITIONS)} positions")
+        witness_logits = gpt_oss_logits(witness, tokens[:WITNESS_POSITIONS])
+    notes = [" and ".join(([QUANTIZED_NOTE] if requantized else []) + ([a.emulation_note] if a.emulation_note else []))
+             for a in artifacts]
+    n_ctx = len(tokens) + greedy
+    on_progress(f"original model (transformers fp32) and every engine, {len(tokens)} positions in {len(parts)} "
+                "segments")
+    runs = [_Running("reference", reference, {}, n_ctx)] + [_Running(a.engine, a.path, a.options, n_ctx)
+                                                          for a in artifacts]
+    emulated = {i: _Running("reference", reference, {"emulation": emulation(a.emulation)}, n_ctx)
+                for i, a in enumerate(artifacts) if a.emulation or requantized}
+    oracle = TransformersOracle(checkpoint)
+    try:
+        vs_original = [Comparison() for _ in runs]
+        vs_emulation = {i: Comparison() for i in emulated}
+        vs_witness, largest = Comparison(), 0.0
+        for (start, length), original in zip(parts, oracle.segment_logits(tokens, parts)):
+            largest = max(largest, float(np.abs(original).max()))
+            if witness_logits is not None and start < len(witness_logits):
+                end = min(start + length, len(witness_logits))
+                vs_witness.add(original[:end - start], witness_logits[start:end])
+            logits = [r.segment(tokens, start, length) for r in runs]
+            for comparison, got in zip(vs_original, logits):
+                comparison.add(original, got)
+            for i, r in emulated.items():
+                vs_emulation[i].add(r.segment(tokens, start, length), logits[i + 1])
+        on_progress(f"greedy continuations, {greedy} tokens")
+        original_greedy = oracle.greedy(tokens[:prompt], greedy)
+        greedy_out = [r.greedy(tokens[:prompt], greedy) for r in runs]
+    finally:
+        oracle.close()
+        for r in [*runs, *emulated.values()]:
+            r.close()
+    entries: list[Entry] = []
+    if witness_logits is not None:
+        w = vs_witness.metrics()
         entries.append(Entry("OpenAI gpt_oss reference", "gpt_oss (torch fp32)", w, -1, greedy,
                              verdict=verdict(w, None, "")))
-    reference = requantized or checkpoint
-    on_progress("reference runtime" + (" on the experts re-quantized to MXFP4" if requantized else ""))
-    ref_logits, ref_greedy = _engine_logits_and_greedy("reference", reference, tokens, prompt, greedy, {})
-    m = Metrics.between(original, ref_logits)
+    m = vs_original[0].metrics()
+    match = greedy_match(original_greedy, greedy_out[0])
     if requantized:  # this row is the emulation of the quantization: what every artifact inherits from it
-        entries.append(Entry("checkpoint, experts re-quantized to MXFP4", "reference", m,
-                             greedy_match(original_greedy, ref_greedy), greedy, None, QUANTIZED_NOTE,
+        entries.append(Entry("checkpoint, experts re-quantized to MXFP4", "reference", m, match, greedy, None,
+                             QUANTIZED_NOTE,
                              verdict(m, None, "") if m.max_abs <= EXACT else f"the quantization: {QUANTIZED_NOTE}"))
     else:
-        entries.append(Entry("checkpoint", "reference", m, greedy_match(original_greedy, ref_greedy), greedy,
-                             verdict=verdict(m, None, "")))
-    for art in artifacts:
-        on_progress(f"{art.label} in {art.engine}")
-        logits, out = _engine_logits_and_greedy(art.engine, art.path, tokens, prompt, greedy, art.options)
-        m = Metrics.between(original, logits)
-        emulated = None
-        note = " and ".join(([QUANTIZED_NOTE] if requantized else []) + ([art.emulation_note] if art.emulation_note
-                                                                         else []))
-        if (art.emulation or requantized) and m.max_abs > EXACT:
-            on_progress(f"reference runtime emulating {note}")
-            emu_logits, _ = _engine_logits_and_greedy("reference", reference, tokens, prompt, 0,
-                                                      {"emulation": emulation(art.emulation)})
-            emulated = Metrics.between(emu_logits, logits)
-        entries.append(Entry(art.label, art.engine, m, greedy_match(original_greedy, out), greedy, emulated,
-                             note, verdict(m, emulated, note)))
+        entries.append(Entry("checkpoint", "reference", m, match, greedy, verdict=verdict(m, None, "")))
+    for i, art in enumerate(artifacts):
+        m = vs_original[i + 1].metrics()
+        emu = vs_emulation[i].metrics() if i in vs_emulation and m.max_abs > EXACT else None
+        entries.append(Entry(art.label, art.engine, m, greedy_match(original_greedy, greedy_out[i + 1]), greedy, emu,
+                             notes[i], verdict(m, emu, notes[i])))
     return {"checkpoint": str(checkpoint), "positions": int(len(tokens)), "prompt_tokens": prompt,
             "greedy_tokens": greedy, "original": "transformers GptOssForCausalLM, fp32, eager, CPU",
-            "max_abs_logit_original": float(np.abs(original).max()),
+            "segments": f"prefill in chunks of {PREFILL_CHUNK}, "
+                        f"{sum(1 for _, n in parts if n == 1 and _ > 0)} decode steps",
+            "max_abs_logit_original": largest,
             "entries": [asdict(e) for e in entries]}
 
 
 def to_markdown(report: dict) -> str:
     lines = [f"# Parity report: {report['checkpoint']}", "",
              f"{report['positions']} positions against {report['original']} (max |logit| "
-             f"{report['max_abs_logit_original']:.2f}); greedy match over {report['greedy_tokens']} tokens "
-             f"from a {report['prompt_tokens']}-token prompt.", "",
+             f"{report['max_abs_logit_original']:.2f}), run by every engine as {report.get('segments', 'one batch')}; "
+             f"greedy match over {report['greedy_tokens']} tokens from a {report['prompt_tokens']}-token prompt.", "",
              "| artifact | engine | max abs diff (median) | mean KL | top-1 | greedy match | vs emulation: max (median) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for e in report["entries"]:
