@@ -12,7 +12,7 @@ The graph, per layer (ONNX opset 23 + com.microsoft contrib ops, fp32 activation
     x = Cast(Gather(embed, input_ids))                              (embedding kept bf16; rows [B*S, H])
     h = RMSNormalization(x, attn_norm)
     a = GroupQueryAttention(h @ [Wq; Wk; Wv]^T + b, past k/v, seqlens_k, total_len, cos, sin, head_sink=sinks)
-          rotary in the op (half-split; YaRN cos/sin tables computed in float64, see rope_tables); sliding
+          rotary in the op (half-split; YaRN cos/sin tables as the original computes them, see rope_tables); sliding
           layers: local_window_size = sliding_window and a window-sized KV cache (sliding_window_cache=1)
     x = x + a @ Wo^T + bo
     h = RMSNormalization(x, mlp_norm)
@@ -55,7 +55,8 @@ from edgeoss.exporters.onnx_experts import DEFAULT_ENCODING, ENCODINGS, MoeShape
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import bf16_to_f32
-from edgeoss.formats.spec import BF16, BF16_EXPERTS, ModelSpec, correction_range
+from edgeoss.formats.spec import BF16, BF16_EXPERTS, ModelSpec
+from edgeoss.runtimes.rope import yarn_rope
 from edgeoss.jsonfile import read_json
 
 MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_config.json", "edgeoss.json"
@@ -133,22 +134,11 @@ class Reader:
 # ---- the graph ------------------------------------------------------------------------------------------------
 def rope_tables(spec: ModelSpec, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """GroupQueryAttention's cos/sin caches [positions, head_dim / 2] (the export's max_length: the positions it
-    can run), YaRN concentration folded in.
-
-    The formula of edgeoss.runtimes.rope (transformers' YaRN), evaluated in float64 and rounded once: fp32
-    angles drift by ~1e-4 at position 4096 and ~4e-3 at 131072.
-    """
-    d = spec.head_dim
-    inv_freq = 1.0 / spec.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    concentration = 1.0
-    if spec.rope_factor > 1:
-        low, high = correction_range(spec, spec.rope_truncate)
-        high = high + 0.001 if low == high else high
-        ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
-        inv_freq = inv_freq * (1.0 - ramp) + inv_freq / spec.rope_factor * ramp
-        concentration = 0.1 * np.log(spec.rope_factor) + 1.0
-    angles = np.arange(positions, dtype=np.float64)[:, None] * inv_freq
-    return (np.cos(angles) * concentration).astype(np.float32), (np.sin(angles) * concentration).astype(np.float32)
+    can run), YaRN concentration folded in: the rope of edgeoss.runtimes.rope, computed as the original model
+    computes it (float32 angles p * inv_freq). Angles evaluated in float64 would be closer to the true rotation,
+    but 1e-4 away from the original's logits at position 8,192 (transformers' and gpt_oss's float32 angles drift
+    by ~5e-4 rad there): parity with the original comes first."""
+    return yarn_rope(spec).cos_sin(np.arange(positions))
 
 
 class DecoderWriter:

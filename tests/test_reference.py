@@ -252,8 +252,8 @@ def test_bf16_activation_emulation_rounds_dense_inputs_only(tiny_hf, tokens):
 
 
 def test_emulation_names():
-    assert Emulation.named(["llamacpp"]) == Emulation(ggml_yarn_rounding=True, q8_activations=True,
-                                                      bf16_activations=True)
+    assert Emulation.named(["llamacpp"]) == Emulation(ggml_yarn_rounding=True, ggml_rope_angles=True,
+                                                      q8_activations=True, bf16_activations=True)
     assert Emulation.named(["q8_activations"]) == Emulation(q8_activations=True)
     with pytest.raises(UsageError, match="unknown emulation 'fast'"):
         Emulation.named(["fast"])

@@ -6,10 +6,16 @@ For one token sequence (random or from a text, long enough to pass the sliding w
 - the reference runtime (edgeoss's numpy forward pass);
 - every given artifact in its engine (GGUF in llama.cpp, ONNX in ONNX Runtime).
 
+Every engine runs the sequence the same way, in lockstep with the original: a prefill in chunks of 512, and
+decode steps over the last positions (twice the sliding window) and across initial_context_length when the
+sequence passes it (`segments`). Only one segment of logits per engine is held, so `--positions 8192` (6.6 GB
+of logits per engine at gpt-oss's vocabulary) runs in bounded memory.
+
 Per engine: max abs logit difference, mean KL(original || engine), top-1 agreement, and the greedy-match
 length (tokens generated greedily from the first `prompt` tokens before the first disagreement). A deviation
 is attributed by re-running the reference runtime with the engine's known numerics emulated (llama.cpp's Q8_0
-activations and rounded YaRN range; an int4 export's re-quantized experts): if the artifact matches that
+activations, rounded YaRN range and float32 rope angles; an int4 export's re-quantized experts; an ONNX export's
+attention digits; a BF16 fine-tune's MXFP4 quantization): if the artifact matches that
 emulation, the difference is the engine's, expected; if not, it is unexplained (a possible export bug).
 """
 
