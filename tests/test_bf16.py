@@ -286,3 +286,14 @@ def test_synth_writes_a_bf16_fine_tune_layout(tmp_path):
     assert np.isfinite(transformers_logits(tmp_path / "ft", np.arange(4))).all()
     code, stderr = run_main(["synth", str(tmp_path / "orig"), "--experts", "bf16", "--layout", "original"])
     assert code == 2 and "Hugging Face layout" in stderr and not (tmp_path / "orig").exists()
+
+
+@pytest.mark.parametrize("platform", ["android", "windows"])
+def test_a_fine_tune_packages_and_verifies(fine_tuned, tmp_path, platform):
+    """package android / windows straight from a BF16 folder: the experts quantized on the way, the bundle
+    verified (sizes and sha256 of every file)."""
+    device = ["--device", "pixel-9-pro", "--context", "256"] if platform == "android" else []
+    code, stderr = run_main(["package", platform, str(fine_tuned), "-o", str(tmp_path / "bundle"), *device])
+    assert code == 0, stderr
+    code, stderr = run_main(["package", "verify", str(tmp_path / "bundle")])
+    assert code == 0, stderr
