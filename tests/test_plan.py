@@ -438,6 +438,9 @@ def test_cli_checkpoint_folder_trace_and_evaluate(cli, tiny_hf, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "20b", "--device", "pixel-9-pro", "--context", "0"], "--context 0"),
+    (["--preset", "20b", "--device", "pixel-9-pro", "--context", "200000"],  # the model's limit and the device's
+     "gpt-oss-20b accepts at most 131072 positions; the largest context that fits pixel-9-pro with the reference "
+     "engine is 122112"),
     (["--preset", "20b", "--device", "nokia-3310"], "unknown device"),
     (["--device", "pixel-9-pro"], "CHECKPOINT folder or --preset"),
 ])

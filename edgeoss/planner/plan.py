@@ -114,8 +114,15 @@ class PlanRequest:
             raise UsageError(f"unknown dense type {self.dense_type!r} (choose from {', '.join(DENSE_TYPES)})")
         if self.kv_type not in KV_TYPES:
             raise UsageError(f"unknown KV type {self.kv_type!r} (choose from {', '.join(KV_TYPES)})")
-        if not 1 <= self.context <= self.spec.max_position_embeddings:
-            raise UsageError(f"--context {self.context}: must lie in 1..{self.spec.max_position_embeddings}")
+        limit = self.spec.max_position_embeddings
+        if self.context < 1:
+            raise UsageError(f"--context {self.context}: must lie in 1..{limit}")
+        if self.context > limit:
+            fits = largest_context(dataclasses.replace(self, context=limit, trace=None))
+            where = f"{self.device.name} with the {self.engine} engine"
+            raise UsageError(f"--context {self.context}: {self.spec.name} accepts at most {limit} positions; "
+                             + (f"the largest context that fits {where} is {fits}" if fits else
+                                f"no context fits {where}"))
         if self.prompt_tokens < 1:
             raise UsageError(f"prompt tokens must be positive, got {self.prompt_tokens}")
         t = self.trace
