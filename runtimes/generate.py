@@ -2,6 +2,8 @@
 
 Sampling: temperature 0 is greedy (argmax); otherwise softmax(logits / temperature), cut to the smallest set
 of most likely tokens whose probability reaches top_p (nucleus), drawn with a generator seeded by `seed`.
+`forced` tokens are taken first, whatever the logits (the engine still computes every step): a scripted
+completion, to exercise an app's loop (tool calls) on random weights.
 Written against the Engine protocol only, so every engine (reference, llama.cpp, ONNX Runtime) shares it.
 """
 
@@ -22,6 +24,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = 0
+    forced: tuple[int, ...] = ()  # tokens chosen first, in order, whatever the logits
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -36,9 +39,12 @@ class Sampler:
     def __init__(self, sampling: Sampling):
         self.sampling = sampling
         self.rng = np.random.default_rng(sampling.seed)
+        self.forced = list(sampling.forced)
 
     def __call__(self, logits: np.ndarray) -> int:
         s = self.sampling
+        if self.forced:
+            return self.forced.pop(0)
         if s.temperature == 0:
             return int(np.argmax(logits))
         z = np.asarray(logits, dtype=np.float64) / s.temperature

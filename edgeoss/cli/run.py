@@ -64,12 +64,34 @@ emulate_option = click.option("--emulate", multiple=True, metavar="NAME",
 @emulate_option
 @click.option("--memory-limit", metavar="SIZE", help="run inside a fresh memory cgroup of this size (page cache "
                                                     "charged); an out-of-memory kill is reported, not raised")
+@click.option("--tools", "tools_path", type=click.Path(path_type=Path),
+              help="a JSON list of function tools ({name, description, parameters} or OpenAI's {type: function, "
+                   "function: {...}}): declared to the model; its calls are shown")
+@click.option("--tool-command", metavar="CMD",
+              help="with --tools: run CMD for each call, the call as JSON {name, arguments} on its stdin, its stdout "
+                   "the result; the conversation goes on to the model's answer")
+@click.option("--max-tool-rounds", type=int, default=4, show_default=True, help="with --tool-command: calls at most")
+@click.option("--force", "forced", multiple=True, metavar="TEXT",
+              help="make the model write TEXT (harmony, after <|start|>assistant) first, one --force per round: "
+                   "exercises the tool loop on random weights")
+@click.option("--json", "as_json", is_flag=True, help="with --tools: print the whole conversation as JSON")
 def run(artifact: Path, prompt: str, system: str | None, reasoning: str, max_new_tokens: int, temperature: float,
         top_p: float, seed: int, budget: str | None, plan: Path | None, trace_path: Path | None, engine: str,
-        emulate: tuple[str, ...], memory_limit: str | None) -> None:
-    """Chat one prompt: render harmony, stream the reply by channel, then print speed and cache statistics."""
+        emulate: tuple[str, ...], memory_limit: str | None, tools_path: Path | None, tool_command: str | None,
+        max_tool_rounds: int, forced: tuple[str, ...], as_json: bool) -> None:
+    """Chat one prompt: render harmony, stream the reply by channel, then print speed and cache statistics. With
+    --tools, the model may call the tools; with --tool-command their results go back to it."""
     if memory_limit:
         _run_limited(memory_limit)
+        return
+    if tools_path is None and (tool_command or forced or as_json):
+        raise UsageError("--tool-command, --force and --json go with --tools")
+    if tools_path is not None:
+        from .run_tools import run_with_tools
+
+        run_with_tools(artifact, engine, _engine_options(engine, budget, plan, False, emulate), prompt, system,
+                       reasoning, max_new_tokens, (temperature, top_p, seed), tools_path, tool_command,
+                       max_tool_rounds, forced, as_json)
         return
     from ..formats.harmony import STOP_TOKENS, CompletionParser, render_prompt
     from ..runtimes.engine import load_engine
@@ -109,8 +131,9 @@ class _Stream:
         self.raw = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.channel: str | None = None
 
-    def token(self, token: int) -> None:
-        delta = self.parser.feed(token)
+    def token(self, token: int, parsed: bool = False) -> None:
+        """Show a token; `parsed`: the parser has been fed it already (by edgeoss.runtimes.chat)."""
+        delta = self.parser.last_delta if parsed else self.parser.feed(token)
         if delta is None:
             self._write(self.raw.decode(self.encoding.decode_single_token_bytes(token)), "dim")
             return

@@ -1,7 +1,8 @@
 """The harmony chat format of gpt-oss, through openai-harmony, offline.
 
-- `render_prompt()`: system (reasoning effort, optional date) + optional developer instructions + user/assistant
-  turns -> token ids ending in `<|start|>assistant`, ready for completion.
+- `render_prompt()`: system (reasoning effort, optional date) + optional developer instructions and function
+  tools (edgeoss.formats.tools) + user / assistant / tool turns -> token ids ending in `<|start|>assistant`,
+  ready for completion. Earlier analysis is dropped as openai-harmony drops it (before a final answer).
 - `STOP_TOKENS` / `TURN_STOP_TOKENS`: where generation stops.
 - `CompletionParser`: consumes generated ids one at a time, exposes the current channel (analysis / commentary /
   final) and each text delta while streaming, and the messages so far; truncated or malformed output never
@@ -23,7 +24,8 @@ from ..errors import TokenizerError, UsageError
 from .tokenizer import SPECIAL, VOCAB_FILENAME, vocab_dir
 
 REASONING_EFFORTS = ("low", "medium", "high")
-ROLES = ("user", "assistant")
+ROLES = ("user", "assistant", "tool")
+CHANNELS = ("analysis", "commentary", "final")
 # Stop generation at any of these: <|return|> ends the answer, <|call|> a tool call, <|end|> any one message.
 STOP_TOKENS = (SPECIAL.return_, SPECIAL.call, SPECIAL.end)
 # Only these to let the model write its analysis message(s) and go on to its answer in one run.
@@ -54,19 +56,36 @@ def harmony_encoding():
 
 @dataclass(frozen=True)
 class Turn:
-    """One earlier message of the conversation: role "user" or "assistant" (an assistant's final answer)."""
+    """One earlier message of the conversation: role "user"; "assistant" (its final answer, or another channel; a
+    tool call has channel "commentary" and recipient "functions.NAME", its arguments as text); or "tool" (a
+    result, from `name` = "functions.NAME")."""
 
     role: str
     text: str
+    channel: str | None = None
+    recipient: str | None = None
+    name: str | None = None
 
 
 def render_prompt(turns: Sequence[Turn | tuple[str, str]], *, reasoning: str = "medium", date: str | None = None,
-                  developer: str | None = None) -> list[int]:
+                  developer: str | None = None, tools: Sequence = ()) -> list[int]:
     """Token ids of the conversation, ending in `<|start|>assistant` for the model to continue.
 
     `reasoning` is low / medium / high; `date` (YYYY-MM-DD) adds "Current date:" to the system message;
-    `developer` becomes the developer message's instructions."""
+    `developer` becomes the developer message's instructions; `tools` (edgeoss.formats.tools.Tool) are declared
+    in the developer message, and the system message then says where their calls go."""
     import openai_harmony as oh
+
+    chat = conversation(turns, reasoning=reasoning, date=date, developer=developer, tools=tools)
+    return harmony_encoding().render_conversation_for_completion(chat, oh.Role.ASSISTANT)
+
+
+def conversation(turns: Sequence[Turn | tuple[str, str]], *, reasoning: str = "medium", date: str | None = None,
+                 developer: str | None = None, tools: Sequence = ()):
+    """The openai-harmony Conversation that `render_prompt` renders."""
+    import openai_harmony as oh
+
+    from .tools import harmony_tools
 
     if reasoning not in REASONING_EFFORTS:
         raise UsageError(f"reasoning effort {reasoning!r}: expected one of {', '.join(REASONING_EFFORTS)}")
@@ -74,20 +93,39 @@ def render_prompt(turns: Sequence[Turn | tuple[str, str]], *, reasoning: str = "
     if date:
         system = system.with_conversation_start_date(date)
     messages = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
-    if developer:
-        instructions = oh.DeveloperContent.new().with_instructions(developer)
-        messages.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, instructions))
-    for turn in map(_as_turn, turns):
-        message = oh.Message.from_role_and_content(oh.Role(turn.role), turn.text)
-        messages.append(message.with_channel("final") if turn.role == "assistant" else message)
-    conversation = oh.Conversation.from_messages(messages)
-    return harmony_encoding().render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
+    if developer or tools:
+        content = oh.DeveloperContent.new()
+        if developer:
+            content = content.with_instructions(developer)
+        if tools:
+            content = content.with_function_tools(harmony_tools(tools))
+        messages.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, content))
+    messages += [_message(oh, turn) for turn in map(_as_turn, turns)]
+    return oh.Conversation.from_messages(messages)
+
+
+def _message(oh, turn: Turn):
+    if turn.role == "tool":  # a tool's result, back to the assistant
+        author = oh.Author.new(oh.Role.TOOL, turn.name)
+        return oh.Message.from_author_and_content(author, turn.text).with_recipient("assistant") \
+            .with_channel("commentary")
+    message = oh.Message.from_role_and_content(oh.Role(turn.role), turn.text)
+    if turn.role == "user":
+        return message
+    if turn.recipient:  # a tool call
+        return message.with_channel(turn.channel or "commentary").with_recipient(turn.recipient) \
+            .with_content_type("<|constrain|>json")
+    return message.with_channel(turn.channel or "final")
 
 
 def _as_turn(turn: Turn | tuple[str, str]) -> Turn:
     turn = turn if isinstance(turn, Turn) else Turn(*turn)
     if turn.role not in ROLES:
         raise UsageError(f"turn role {turn.role!r}: expected one of {', '.join(ROLES)}")
+    if turn.channel is not None and turn.channel not in CHANNELS:
+        raise UsageError(f"turn channel {turn.channel!r}: expected one of {', '.join(CHANNELS)}")
+    if turn.role == "tool" and not turn.name:
+        raise UsageError("a tool turn needs the tool's name (functions.NAME)")
     return turn
 
 
@@ -125,6 +163,7 @@ class CompletionParser:
         self._resync = False
         self.errors = 0
         self.done = False
+        self.last_delta: Delta | None = None
 
     @staticmethod
     def _new_parser(assistant_header: bool):
@@ -136,6 +175,7 @@ class CompletionParser:
     def feed(self, token: int) -> Delta | None:
         import openai_harmony as oh
 
+        self.last_delta = None  # what the last token fed added (for a caller that did not feed it)
         if self.done:
             return None
         if self._resync:
@@ -151,7 +191,8 @@ class CompletionParser:
         if token in TURN_STOP_TOKENS:
             self.done = True
         delta = self._parser.last_content_delta
-        return Delta(self._parser.current_channel, delta) if delta else None
+        self.last_delta = Delta(self._parser.current_channel, delta) if delta else None
+        return self.last_delta
 
     def feed_all(self, tokens: Iterable[int]) -> list[Delta]:
         return [d for d in map(self.feed, tokens) if d is not None]

@@ -1,0 +1,183 @@
+"""Function tools in harmony (issue 21, part 1): declared through openai-harmony, calls parsed back from the token
+stream (whole and one token at a time), results rendered as the next turn."""
+
+from __future__ import annotations
+
+import json
+
+import openai_harmony as oh
+import pytest
+
+from edgeoss.errors import UsageError
+from edgeoss.formats import tokenizer
+from edgeoss.formats.harmony import CompletionParser, Turn, harmony_encoding, parse_completion, render_prompt
+from edgeoss.formats.tools import Tool, ToolCall, ToolCallError, call_turns, load_tools, tool_call, tools_from_json
+
+TOOLS = [
+    {"name": "ping", "description": "No parameters"},
+    {"type": "function", "function": {  # OpenAI's form
+        "name": "get_time", "description": "Current time in a time zone",
+        "parameters": {"type": "object", "properties": {
+            "tz": {"type": "string", "description": "IANA zone", "default": "UTC"},
+            "fmt": {"type": "string", "enum": ["iso", "unix"]}}, "required": ["fmt"]}}},
+    {"name": "create_event", "description": "Add an event to the calendar", "parameters": {
+        "type": "object", "required": ["title", "when"], "properties": {
+            "title": {"type": "string"},
+            "when": {"type": "object", "properties": {"start": {"type": "string"}, "minutes": {"type": "integer"}},
+                     "required": ["start"]},
+            "guests": {"type": "array", "items": {"type": "string"}},
+            "reminder": {"type": "boolean", "default": True}}}},
+]
+
+
+def _theirs(tools: list[dict], turns: list) -> list[int]:
+    """The same conversation built with openai-harmony alone."""
+    descriptions = [oh.ToolDescription.new(t["name"], t.get("description", ""), parameters=t.get("parameters"))
+                    for t in (x.get("function", x) for x in tools)]
+    system = oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort.LOW)
+    developer = oh.DeveloperContent.new().with_instructions("Be brief.").with_function_tools(descriptions)
+    messages = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
+                oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer), *turns]
+    return harmony_encoding().render_conversation_for_completion(oh.Conversation.from_messages(messages),
+                                                                 oh.Role.ASSISTANT)
+
+
+@pytest.mark.parametrize("which", [[0], [1], [2], [0, 1, 2]])
+def test_tools_render_as_openai_harmony_renders_them(which):
+    """No parameters, enums and a default, nested objects, arrays and booleans, several tools: the same tokens."""
+    chosen = [TOOLS[i] for i in which]
+    tools = tools_from_json(chosen)
+    ours = render_prompt([("user", "What time is it?")], reasoning="low", developer="Be brief.", tools=tools)
+    assert ours == _theirs(chosen, [oh.Message.from_role_and_content(oh.Role.USER, "What time is it?")])
+    text = tokenizer.decode(ours)
+    assert "Calls to these tools must go to the commentary channel: 'functions'." in text
+    assert "namespace functions {" in text and all(f"type {t.name} = " in text for t in tools)
+    if 1 in which:
+        assert 'tz?: string, // default: "UTC"' in text and 'fmt: "iso" | "unix",' in text
+
+
+def test_a_call_and_its_result_render_as_the_next_turns():
+    call = ToolCall("get_time", {"fmt": "iso"}, '{"fmt":"iso"}')
+    turns = [Turn("user", "What time is it?"), *call_turns(call, '{"time": "12:00"}')]
+    ours = render_prompt(turns, reasoning="low", developer="Be brief.", tools=tools_from_json(TOOLS))
+    theirs = _theirs(TOOLS, [
+        oh.Message.from_role_and_content(oh.Role.USER, "What time is it?"),
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"fmt":"iso"}').with_channel("commentary")
+        .with_recipient("functions.get_time").with_content_type("<|constrain|>json"),
+        oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "functions.get_time"), '{"time": "12:00"}')
+        .with_recipient("assistant").with_channel("commentary")])
+    assert ours == theirs
+    text = tokenizer.decode(ours)
+    assert '<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>{"time": "12:00"}<|end|>' in text
+
+
+def test_earlier_analysis_is_dropped_once_answered():
+    turns = [Turn("user", "Hi"), Turn("assistant", "SECRET reasoning", channel="analysis"),
+             Turn("assistant", "Hello!"), Turn("user", "And now?")]
+    text = tokenizer.decode(render_prompt(turns))
+    assert "SECRET" not in text and "<|channel|>final<|message|>Hello!" in text
+
+
+def _completion(*messages) -> list[int]:
+    """What the model would generate after `<|start|>assistant`: openai-harmony's rendering of the messages, the
+    first one's `<|start|>assistant` header removed."""
+    enc = harmony_encoding()
+    ids = [t for m in messages for t in enc.render(m)]
+    header = enc.encode("assistant", allowed_special="all")
+    assert ids[0] == tokenizer.SPECIAL.start and ids[1:1 + len(header)] == header
+    return ids[1 + len(header):]
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_a_call_is_parsed_from_the_stream(one_at_a_time):
+    arguments = {"title": "Dentist", "when": {"start": "2026-12-08T09:00", "minutes": 30}, "guests": ["Ann"]}
+    ids = _completion(
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, "The user wants an event.").with_channel("analysis"),
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, json.dumps(arguments)).with_channel("commentary")
+        .with_recipient("functions.create_event").with_content_type("<|constrain|>json"))
+    assert ids[-1] == tokenizer.SPECIAL.call
+    if one_at_a_time:
+        parser = CompletionParser()
+        for i, token in enumerate(ids):
+            parser.feed(token)
+            assert parser.done == (i == len(ids) - 1)  # <|call|> ends the turn
+        messages = parser.messages
+    else:
+        messages = parse_completion(ids)
+    assert [m.channel for m in messages] == ["analysis", "commentary"]
+    call = tool_call(messages[-1], tools_from_json(TOOLS))
+    assert call == ToolCall("create_event", arguments, json.dumps(arguments))
+    assert tool_call(messages[0]) is None  # analysis calls nothing
+
+
+def test_malformed_calls_are_clear_errors():
+    def called(text: str, recipient: str = "functions.get_time"):
+        ids = _completion(oh.Message.from_role_and_content(oh.Role.ASSISTANT, text).with_channel("commentary")
+                          .with_recipient(recipient).with_content_type("<|constrain|>json"))
+        return tool_call(parse_completion(ids)[-1], tools_from_json(TOOLS))
+
+    with pytest.raises(ToolCallError, match=r"functions.get_time with arguments that are not JSON \(Expecting"):
+        called('{"fmt": "iso"')
+    with pytest.raises(ToolCallError, match="with list arguments, not an object"):
+        called('["iso"]')
+    with pytest.raises(ToolCallError, match="functions.launch, which is not among the declared tools"):
+        called("{}", "functions.launch")
+    assert called("") == ToolCall("get_time", {}, "{}")  # a call with nothing written: no arguments
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "x"}, "expected a JSON list"),
+    ([{"name": "get time"}], "must be an identifier"),
+    ([{"name": "x", "parameters": {"type": "array"}}], "JSON schema of type object"),
+    ([{"name": "x"}, {"name": "x"}], "declared twice"),
+    ([{"name": "x", "description": 3}], "description must be a string"),
+])
+def test_bad_tools_files_are_one_line(tmp_path, data, message):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=message):
+        load_tools(path)
+    assert load_tools(_written(tmp_path, TOOLS))[1] == Tool(
+        "get_time", "Current time in a time zone", TOOLS[1]["function"]["parameters"])
+
+
+def _written(tmp_path, data) -> str:
+    path = tmp_path / "good.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+CALL = ('<|channel|>analysis<|message|>Need the time.<|end|><|start|>assistant to=functions.get_time<|channel|>'
+        'commentary <|constrain|>json<|message|>{"fmt": "iso"}<|call|>')
+ANSWER = "<|channel|>final<|message|>It is 12:00.<|return|>"
+
+
+def test_run_with_tools_round_trip_on_the_tiny_model(tiny_hf, tmp_path):
+    """`edgeoss run --tools --tool-command` on random weights, the model's writing forced (--force per round): the
+    call reaches the command as JSON, its stdout goes back as the tool's message, the model answers."""
+    import sys
+
+    from conftest import run_main
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    command = tmp_path / "tool.py"
+    command.write_text("import json, sys\nc = json.load(sys.stdin)\nprint(json.dumps({'time': '12:00', 'got': c}))\n")
+    code, stdout, stderr = run_main(["run", str(tiny_hf), "--prompt", "What time is it?", "--tools", str(tools),
+                                     "--tool-command", f"{sys.executable} {command}", "--force", CALL, "--force",
+                                     ANSWER, "--temperature", "0", "--max-new-tokens", "48", "--json"],
+                                    with_stdout=True)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["stopped"] == "answer" and report["calls"] == [{"name": "get_time", "arguments": {"fmt": "iso"}}]
+    roles = [(t["role"], t.get("channel"), t.get("recipient") or t.get("name")) for t in report["turns"]]
+    assert roles == [("user", None, None), ("assistant", "analysis", None),
+                     ("assistant", "commentary", "functions.get_time"), ("tool", None, "functions.get_time"),
+                     ("assistant", "final", None)]
+    result = json.loads(report["turns"][3]["text"])
+    assert result == {"time": "12:00", "got": {"name": "get_time", "arguments": {"fmt": "iso"}}}
+    code, stderr = run_main(["run", str(tiny_hf), "--prompt", "hi", "--tools", str(tools), "--tool-command", "false",
+                             "--force", CALL, "--max-new-tokens", "48"])
+    assert code == 2 and "exited 1 on functions.get_time" in stderr.strip().splitlines()[-1]
+    code, stderr = run_main(["run", str(tiny_hf), "--prompt", "hi", "--tool-command", "false"])
+    assert code == 2 and "go with --tools" in stderr
