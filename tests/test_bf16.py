@@ -238,6 +238,8 @@ def test_a_checkpoints_own_chat_template_is_carried(tiny_bf16, tmp_path):
                              "--device", "pixel-9-pro"])
     assert code == 0, stderr
     assert (tmp_path / "bundle" / "chat_template.jinja").read_text() == own
+    check = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["chat_template_check"]
+    assert check.startswith("differs from openai-harmony on 3 of 3 test conversations")  # named, not refused
     assert run_main(["export", "gguf", str(tuned), "-o", str(tmp_path / "harmony.gguf"), "--chat-template",
                      "harmony"])[0] == 0
     assert read_metadata(tmp_path / "harmony.gguf")["tokenizer.chat_template"] == tokenizer.chat_template()

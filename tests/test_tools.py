@@ -181,3 +181,32 @@ def test_run_with_tools_round_trip_on_the_tiny_model(tiny_hf, tmp_path):
     assert code == 2 and "exited 1 on functions.get_time" in stderr.strip().splitlines()[-1]
     code, stderr = run_main(["run", str(tiny_hf), "--prompt", "hi", "--tool-command", "false"])
     assert code == 2 and "go with --tools" in stderr
+
+
+def test_a_chat_template_is_checked_against_openai_harmony():
+    """edgeoss's template renders the test conversations (tools included) as openai-harmony does; one that writes
+    the published template's "\\n\\n" after the instructions is named, with where it differs."""
+    from edgeoss.formats import chat_check
+
+    assert chat_check.differences(tokenizer.chat_template()) == []
+    assert chat_check.summary(tokenizer.chat_template()).startswith("renders as openai-harmony on all 3")
+    published_like = tokenizer.chat_template().replace('{{- "# Instructions\\n\\n" + instructions -}}',
+                                                       '{{- "# Instructions\\n\\n" + instructions + "\\n\\n" -}}')
+    assert published_like != tokenizer.chat_template()
+    found = chat_check.differences(published_like)
+    assert len(found) == 1 and found[0].startswith("instructions and two turns: from character")
+    assert "'\\n\\n<|end|>" in found[0]
+    broken = chat_check.differences("{{ raise_exception('no') }}")
+    assert len(broken) == 3 and "fails to render: no" in broken[0]
+
+
+def test_llamacpps_own_formatter_is_compared_too():
+    """llama.cpp's C formatter (what llama-cpp-python reaches) writes bare harmony messages: no system message, no
+    channel, an earlier answer ended by <|return|>; the check says where, against openai-harmony."""
+    from edgeoss.formats import chat_check
+
+    text = chat_check.llamacpp_render(tokenizer.chat_template(), [{"role": "user", "content": "Hello"}])
+    assert text == "<|start|>user<|message|>Hello<|end|><|start|>assistant"
+    found = chat_check.llamacpp_differences(tokenizer.chat_template())
+    assert len(found) == 2 and found[0].startswith("one user message: from character 9, llama.cpp writes "
+                                                   "'user<|message|>Hello")  # harmony: the system message

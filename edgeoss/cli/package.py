@@ -28,6 +28,9 @@ def _summary(report) -> None:
                   f"hard-linked): {', '.join(report.copied)}", highlight=False)
     if report.zip:
         err.print(f"  and {escape(str(report.zip))}", highlight=False)
+    if report.chat_template and not report.chat_template.startswith("renders as"):
+        err.print(f"  [yellow]chat template[/yellow] {escape(report.chat_template)}", highlight=False,
+                  soft_wrap=True)
     err.print(f"  next: edgeoss package verify {escape(str(report.path))}; see {escape(str(report.path))}/README.md",
               highlight=False, soft_wrap=True)
 

@@ -56,10 +56,12 @@ class PackageReport:
     linked: list[str] = field(default_factory=list)  # bundle files that are hard links to the input
     copied: list[str] = field(default_factory=list)  # input files copied once (input on another filesystem)
     zip: Path | None = None
+    chat_template: str = ""  # how the bundle's chat template compares with openai-harmony (chat_check.summary)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "target": self.target, "files": self.files, "bytes": self.nbytes,
-                "linked": self.linked, "copied": self.copied, "zip": str(self.zip) if self.zip else None}
+                "linked": self.linked, "copied": self.copied, "zip": str(self.zip) if self.zip else None,
+                "chat_template": self.chat_template}
 
 
 # ---- shared pieces of both targets ----------------------------------------------------------------------------
@@ -72,18 +74,22 @@ def model_fields(spec: ModelSpec) -> dict[str, Any]:
             "params_total": counts.params_total, "params_active": counts.params_active}
 
 
-def add_tokenizer(folder: Path, template: str | None = None) -> dict[str, Any]:
+def add_tokenizer(folder: Path, report: PackageReport, template: str | None = None) -> dict[str, Any]:
     """Write the verified o200k vocabulary and the chat template: `template` (the model's own, e.g. what its GGUF
-    carries), else what the input brought, else edgeoss's harmony template; return the manifest's "tokenizer"
-    and "chat_template" fields."""
+    carries), else what the input brought, else edgeoss's harmony template; return the manifest's "tokenizer",
+    "chat_template" and "chat_template_check" fields (how the template compares with openai-harmony, which the
+    Android app renders with, on edgeoss.formats.chat_check's conversations; also in the report)."""
+    from edgeoss.formats import chat_check
+
     if not (folder / tokenizer.VOCAB_FILENAME).exists():
         tokenizer.write_vocab(folder)  # checked against O200K_BASE_SHA256 on the way
     if template is not None:
         (folder / CHAT_TEMPLATE).write_text(template, encoding="utf-8")
     elif not (folder / CHAT_TEMPLATE).exists():
         (folder / CHAT_TEMPLATE).write_text(tokenizer.chat_template(), encoding="utf-8")
+    report.chat_template = chat_check.summary((folder / CHAT_TEMPLATE).read_text(encoding="utf-8"))
     return {"tokenizer": {"vocab_file": tokenizer.VOCAB_FILENAME, "sha256": tokenizer.O200K_BASE_SHA256},
-            "chat_template": CHAT_TEMPLATE}
+            "chat_template": CHAT_TEMPLATE, "chat_template_check": report.chat_template}
 
 
 def device_profile(name: str, platform: str) -> DeviceProfile:
@@ -353,7 +359,7 @@ def package_android(source: str | Path, out: str | Path, *, device: str, context
             "memory": {"min_free_ram_bytes": plan["memory"]["ram_bytes"] + plan["memory"]["reserve_bytes"],
                        "app_budget_bytes": profile.app_budget_bytes},
             "engine": android_engine(settings, plan, model_file, files[0], spec),
-            **add_tokenizer(folder, gguf_chat_template(files[0]))}
+            **add_tokenizer(folder, report, gguf_chat_template(files[0]))}
         _finish(folder, report, fields, lambda: android_readme(folder, fields, profile.name, limit), progress)
     return report, plan
 
@@ -541,7 +547,7 @@ def package_windows(source: str | Path, out: str | Path, *, experts: str | None 
                   "engine": {"name": "onnxruntime-genai", "model_folder": ".", "onnxruntime": _installed("onnxruntime"),
                              "experts": encoding, "fast_on_cpu_isa": FAST_ON.get(encoding, []),
                              "settings": {"max_length": max_length, "provider": "cpu"}},
-                  **add_tokenizer(folder)}
+                  **add_tokenizer(folder, report)}
         _finish(folder, report, fields, lambda: windows_readme(folder, fields, encoding), progress)
     if make_zip:
         report.zip = bundle.zip_bundle(out, out.with_name(out.name + ".zip"), progress)

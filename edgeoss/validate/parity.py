@@ -127,19 +127,26 @@ class Artifact:
     options: dict[str, Any] = field(default_factory=dict)
     emulation: dict[str, Any] = field(default_factory=dict)  # Emulation(...) fields for the reference runtime
     emulation_note: str = ""
+    chat_template: str = ""  # how the artifact's chat template compares with openai-harmony (chat_check.summary)
 
 
 def gguf_artifact(path: Path) -> Artifact:
     """A GGUF checked in llama.cpp, explained by the reference runtime emulating llama.cpp's numerics."""
+    from ..formats import chat_check
     from ..formats.gguf_meta import gguf_dense_type
     from ..formats.ggml_gguf import read_metadata
 
-    dense = gguf_dense_type(read_metadata(path), path)
+    meta = read_metadata(path)
+    dense = gguf_dense_type(meta, path)
     emulation = {"ggml_yarn_rounding": True, "ggml_rope_angles": True, "q8_activations": True,
                  "bf16_activations": dense == "bf16"}
+    template = meta.get("tokenizer.chat_template")
+    check = chat_check.summary(template) if isinstance(template, str) else "none (the GGUF carries no template)"
     note = "llama.cpp's Q8_0 activations" + (", bf16 activations" if dense == "bf16" else "") + \
-        ", rounded YaRN range and float32 rope angles" + ("" if dense in ("bf16", "f32") else f" ({dense} dense weights not emulated)")
-    return Artifact(path.name, "llamacpp", path, options={"f32_kv": True}, emulation=emulation, emulation_note=note)
+        ", rounded YaRN range and float32 rope angles" + \
+        ("" if dense in ("bf16", "f32") else f" ({dense} dense weights not emulated)")
+    return Artifact(path.name, "llamacpp", path, options={"f32_kv": True}, emulation=emulation, emulation_note=note,
+                    chat_template=check)
 
 
 QUANTIZED_NOTE = "the BF16 experts quantized to MXFP4"
@@ -157,9 +164,14 @@ def onnx_artifact(path: Path) -> Artifact:
     if info.get("dense") == "compact":
         switches["dense_digits"] = True
         notes.append("attention as 4-bit digits")
+    from ..formats import chat_check
+
     dense = f", {info['dense']} dense" if "dense" in info else ""
+    template = Path(path) / "chat_template.jinja"
+    check = chat_check.summary(template.read_text(encoding="utf-8")) if template.is_file() else \
+        "none (the folder carries no chat_template.jinja)"
     return Artifact(f"{path.name} ({info.get('experts', '?')}{dense})", "onnxruntime", path, options={"exact": True},
-                    emulation=switches, emulation_note=" and ".join(notes))
+                    emulation=switches, emulation_note=" and ".join(notes), chat_template=check)
 
 
 def verdict(vs_original: Metrics, vs_emulation: Metrics | None, note: str) -> str:
@@ -322,6 +334,7 @@ def run(checkpoint: Path, artifacts: list[Artifact], tokens: np.ndarray, prompt:
             "segments": f"prefill in chunks of {PREFILL_CHUNK}, "
                         f"{sum(1 for _, n in parts if n == 1 and _ > 0)} decode steps",
             "max_abs_logit_original": largest,
+            "chat_templates": {a.label: a.chat_template for a in artifacts if a.chat_template},
             "entries": [asdict(e) for e in entries]}
 
 
@@ -339,6 +352,10 @@ def to_markdown(report: dict) -> str:
         match = f"{e['greedy_match']}/{e['greedy_tokens']}" if e["greedy_match"] >= 0 else "—"
         lines.append(f"| {e['label']} | {e['engine']} | {o['max_abs']:.2e} ({o['median_abs']:.1e}) | {o['mean_kl']:.2e} | "
                      f"{100 * o['top1']:.1f} % | {match} | {emu} | {e['verdict']} |")
+    templates = report.get("chat_templates") or {}
+    if templates:
+        lines += ["", "Chat templates (rendered with jinja2 against openai-harmony):", ""]
+        lines += [f"- {label}: {check}" for label, check in templates.items()]
     return "\n".join(lines) + "\n"
 
 
