@@ -210,3 +210,19 @@ def test_llamacpps_own_formatter_is_compared_too():
     found = chat_check.llamacpp_differences(tokenizer.chat_template())
     assert len(found) == 2 and found[0].startswith("one user message: from character 9, llama.cpp writes "
                                                    "'user<|message|>Hello")  # harmony: the system message
+
+
+def test_the_java_cores_call_fixture_is_what_openai_harmony_renders():
+    """android_demo's HarmonyStreamTest parses CALL; it must be openai-harmony's own rendering of that call."""
+    import re
+    from pathlib import Path
+
+    java = (Path(__file__).resolve().parents[1] / "android_demo/core/src/test/java/org/edgeoss/core/"
+            "HarmonyStreamTest.java").read_text()
+    block = re.search(r'String CALL = (.*?);', java, re.S).group(1)
+    literal = "".join(json.loads(part) for part in re.findall(r'"(?:[^"\\]|\\.)*"', block))
+    ids = _completion(
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, "Need the time.").with_channel("analysis"),
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"fmt": "iso", "tz": "Europe/Paris"}')
+        .with_channel("commentary").with_recipient("functions.get_time").with_content_type("<|constrain|>json"))
+    assert literal == tokenizer.decode(ids)

@@ -1,7 +1,12 @@
 package org.edgeoss.core;
 
+import java.util.ArrayList;
+import java.util.Collections;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 /**
  * Splits gpt-oss output, fed as it streams, into harmony channels. The stream starts right after the
@@ -12,8 +17,30 @@ import java.util.Map;
  * Truncated output keeps whatever content arrived. Generation is complete after {@code <|return|>},
  * {@code <|call|>}, or an {@code <|end|>} that closes a final-channel message; an {@code <|end|>} after
  * analysis is not the end (the model goes on with the final channel).
+ *
+ * <p>Tool calls: a message whose header names a recipient ({@code to=functions.NAME}, before or after the
+ * channel) is a call; its content is the arguments (JSON text). {@link #toolCalls()} lists the calls whose
+ * {@code <|call|>} arrived, {@link #pendingCall()} the one being written.
  */
 public final class HarmonyStream {
+    /** A tool call: the recipient ("functions.get_time") and its arguments as the model wrote them. */
+    public static final class ToolCall {
+        public final String recipient;
+        public final String arguments;
+
+        ToolCall(String recipient, String arguments) {
+            this.recipient = recipient;
+            this.arguments = arguments;
+        }
+
+        /** The function's name: the recipient without its "functions." namespace. */
+        public String name() {
+            int dot = recipient.indexOf('.');
+            return dot >= 0 ? recipient.substring(dot + 1) : recipient;
+        }
+    }
+
+    private static final Pattern RECIPIENT = Pattern.compile("to=([^\\s<]+)");
     private static final String START = "<|start|>";
     private static final String END = "<|end|>";
     private static final String MESSAGE = "<|message|>";
@@ -29,7 +56,10 @@ public final class HarmonyStream {
     private final StringBuilder pending = new StringBuilder();
     private final StringBuilder header = new StringBuilder();
     private final Map<String, StringBuilder> channels = new LinkedHashMap<>();
+    private final List<ToolCall> calls = new ArrayList<>();
+    private final StringBuilder message = new StringBuilder();
     private String channel;
+    private String recipient;
 
     /** Feeds the next piece of decoded output text. Text after completion is ignored. */
     public void feed(String text) {
@@ -58,6 +88,16 @@ public final class HarmonyStream {
 
     public String finalText() {
         return channel("final");
+    }
+
+    /** The tool calls completed so far (ended by {@code <|call|>}), in order. */
+    public List<ToolCall> toolCalls() {
+        return Collections.unmodifiableList(calls);
+    }
+
+    /** The call being written (arguments so far), or null. */
+    public ToolCall pendingCall() {
+        return state == State.CONTENT && recipient != null ? new ToolCall(recipient, message.toString()) : null;
     }
 
     public String channel(String name) {
@@ -108,12 +148,18 @@ public final class HarmonyStream {
     private void text(String s) {
         if (s.isEmpty()) return;
         if (state == State.HEADER) header.append(s);
-        else if (state == State.CONTENT) channels.get(channel).append(s);
+        else if (state == State.CONTENT) {
+            channels.get(channel).append(s);
+            message.append(s);
+        }
         // text between <|end|> and <|start|> is not part of any message
     }
 
     private void special(String token) {
         if (token.equals(RETURN) || token.equals(CALL)) {
+            if (token.equals(CALL) && state == State.CONTENT && recipient != null) {
+                calls.add(new ToolCall(recipient, message.toString()));
+            }
             state = State.DONE;
             return;
         }
@@ -135,6 +181,7 @@ public final class HarmonyStream {
                     state = State.HEADER;
                 } else {
                     channels.get(channel).append(token);
+                    message.append(token);
                 }
                 break;
             case BETWEEN:
@@ -150,6 +197,9 @@ public final class HarmonyStream {
     private void openMessage() {
         String h = header.toString();
         header.setLength(0);
+        Matcher to = RECIPIENT.matcher(h);
+        recipient = to.find() ? to.group(1) : null;
+        message.setLength(0);
         String name = "";
         int at = h.indexOf(CHANNEL);
         if (at >= 0) {

@@ -99,4 +99,45 @@ public class HarmonyStreamTest {
         assertEquals("one\n\ntwo", s.analysis());
         assertFalse(s.isComplete());
     }
+
+    // openai-harmony's rendering of an analysis message and a call (tests/test_tools.py renders the same), after
+    // the prompt's <|start|>assistant
+    private static final String CALL = "<|channel|>analysis<|message|>Need the time.<|end|>"
+            + "<|start|>assistant to=functions.get_time<|channel|>commentary <|constrain|>json<|message|>"
+            + "{\"fmt\": \"iso\", \"tz\": \"Europe/Paris\"}<|call|>";
+
+    @Test
+    public void reportsAToolCallWhateverTheChunking() {
+        for (int size = 1; size <= CALL.length(); size++) {
+            HarmonyStream s = new HarmonyStream();
+            for (int i = 0; i < CALL.length(); i += size) s.feed(CALL.substring(i, Math.min(CALL.length(), i + size)));
+            assertTrue("chunk " + size, s.isComplete());
+            assertEquals("chunk " + size, 1, s.toolCalls().size());
+            HarmonyStream.ToolCall call = s.toolCalls().get(0);
+            assertEquals("functions.get_time", call.recipient);
+            assertEquals("get_time", call.name());
+            assertEquals("{\"fmt\": \"iso\", \"tz\": \"Europe/Paris\"}", call.arguments);
+            assertEquals("Need the time.", s.analysis());
+            assertEquals("", s.finalText());
+        }
+    }
+
+    @Test
+    public void aCallBeingWrittenIsPendingAndTheRecipientMayFollowTheChannel() {
+        HarmonyStream s = fed("<|channel|>commentary to=functions.create_event <|constrain|>json<|message|>{\"title\": \"Den");
+        HarmonyStream.ToolCall pending = s.pendingCall();
+        assertEquals("functions.create_event", pending.recipient);
+        assertEquals("{\"title\": \"Den", pending.arguments);
+        assertTrue(s.toolCalls().isEmpty());
+        s.feed("tist\"}<|call|>");
+        assertEquals("{\"title\": \"Dentist\"}", s.toolCalls().get(0).arguments);
+        assertNull(s.pendingCall());
+    }
+
+    @Test
+    public void anAnswerIsNoCall() {
+        HarmonyStream s = fed(FULL);
+        assertTrue(s.toolCalls().isEmpty());
+        assertNull(s.pendingCall());
+    }
 }
