@@ -214,15 +214,57 @@ def test_llamacpps_own_formatter_is_compared_too():
 
 def test_the_java_cores_call_fixture_is_what_openai_harmony_renders():
     """android_demo's HarmonyStreamTest parses CALL; it must be openai-harmony's own rendering of that call."""
-    import re
-    from pathlib import Path
-
-    java = (Path(__file__).resolve().parents[1] / "android_demo/core/src/test/java/org/edgeoss/core/"
-            "HarmonyStreamTest.java").read_text()
-    block = re.search(r'String CALL = (.*?);', java, re.S).group(1)
-    literal = "".join(json.loads(part) for part in re.findall(r'"(?:[^"\\]|\\.)*"', block))
+    literal = _java_constant("android_demo/core/src/test/java/org/edgeoss/core/HarmonyStreamTest.java", "CALL")
     ids = _completion(
         oh.Message.from_role_and_content(oh.Role.ASSISTANT, "Need the time.").with_channel("analysis"),
         oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"fmt": "iso", "tz": "Europe/Paris"}')
         .with_channel("commentary").with_recipient("functions.get_time").with_content_type("<|constrain|>json"))
     assert literal == tokenizer.decode(ids)
+
+
+def _java_constant(path: str, name: str) -> str:
+    import re
+    from pathlib import Path
+
+    java = (Path(__file__).resolve().parents[1] / path).read_text()
+    block = re.search(rf'String {name} = (.*?);\s*\n', java, re.S).group(1)
+    return "".join(json.loads(part) if part.startswith('"') else _java_constant(path, part)
+                   for part in re.findall(r'"(?:[^"\\]|\\.)*"|[A-Z_]+', block))
+
+
+def test_the_java_prompt_with_tools_is_what_openai_harmony_renders():
+    """The Android core renders a prompt with the bundle's pre-rendered tools section; both its fixtures equal
+    openai-harmony's rendering (via edgeoss.formats.tools.developer_tools_text and render_prompt)."""
+    from edgeoss.formats.tools import developer_tools_text
+
+    path = "android_demo/core/src/test/java/org/edgeoss/core/HarmonyPromptTest.java"
+    tools = tools_from_json([{"name": "get_time", "description": "Current time", "parameters": {
+        "type": "object", "properties": {"tz": {"type": "string", "default": "UTC"}}}}])
+    assert _java_constant(path, "TOOLS_SECTION") == developer_tools_text(tools)
+    expected = render_prompt([("user", "What time is it?")], reasoning="low", date="2025-01-31",
+                             developer="Be brief.", tools=tools)
+    assert _java_constant(path, "WITH_TOOLS") == tokenizer.decode(expected)
+
+
+def test_an_android_bundle_carries_the_tools_and_their_rendered_section(tiny_hf, tmp_path):
+    from conftest import run_main
+    from edgeoss.exporters.gguf import export_gguf
+    from edgeoss.formats.tools import SYSTEM_NOTE, developer_tools_text
+
+    gguf = export_gguf(tiny_hf, tmp_path / "tiny.gguf", progress=False)[0]
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    code, stderr = run_main(["package", "android", str(gguf), "--device", "pixel-9-pro", "--context", "256",
+                             "--tools", str(tools), "-o", str(tmp_path / "bundle")])
+    assert code == 0, stderr
+    assert run_main(["package", "verify", str(tmp_path / "bundle")])[0] == 0  # the tools files are checksummed
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["tools"]["names"] == ["ping", "get_time", "create_event"]
+    assert manifest["tools"]["system_note"] == SYSTEM_NOTE
+    section = (tmp_path / "bundle" / manifest["tools"]["developer_section"]).read_text()
+    assert section == developer_tools_text(load_tools(tools))
+    assert tools_from_json(json.loads((tmp_path / "bundle" / "tools.json").read_text())) == load_tools(tools)
+    tools.write_text('[{"name": "bad name"}]')
+    code, stderr = run_main(["package", "android", str(gguf), "--device", "pixel-9-pro", "--tools", str(tools),
+                             "-o", str(tmp_path / "none")])
+    assert code == 2 and "must be an identifier" in stderr and not (tmp_path / "none").exists()

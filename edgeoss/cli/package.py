@@ -47,9 +47,12 @@ def _summary(report) -> None:
 @click.option("--engine", type=click.Choice(["auto", "llamacpp", "llamacpp-stream"]), default="auto",
               show_default=True, help="llamacpp: every expert resident; llamacpp-stream: experts stream from the GGUF "
                                       "through the app's expert store; auto: the first when it fits, else the second")
+@click.option("--tools", type=click.Path(path_type=Path),
+              help="a tools file (JSON list) the app declares to the model: carried, with its developer-message "
+                   "section pre-rendered by openai-harmony (tools_developer.txt)")
 @click.option("--force", is_flag=True, help="replace OUT if it exists")
 def android(source: Path, device: str, out_dir: Path, context: int | None, max_file_size: str | None, dense_type: str,
-            engine: str, force: bool) -> None:
+            engine: str, tools: Path | None, force: bool) -> None:
     """Bundle a checkpoint or a GGUF for llama.cpp on an Android device.
 
     SOURCE is a checkpoint folder (exported straight into the bundle) or a .gguf (hard-linked, or re-split when
@@ -61,7 +64,8 @@ def android(source: Path, device: str, out_dir: Path, context: int | None, max_f
 
     limit = parse_size(max_file_size) if max_file_size is not None else None
     report, plan = package_android(source, out_dir, device=device, context=context or DEFAULT_CONTEXT,
-                                   max_file_size=limit, dense_type=dense_type, engine=engine, force=force)
+                                   max_file_size=limit, dense_type=dense_type, engine=engine, force=force,
+                                   tools=tools)
     if not plan["fits"]:
         for line in plan["advice"]:
             err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)

@@ -80,6 +80,27 @@ def harmony_tools(tools: Iterable[Tool]) -> list:
     return [oh.ToolDescription.new(t.name, t.description, parameters=t.parameters) for t in tools]
 
 
+SYSTEM_NOTE = "\nCalls to these tools must go to the commentary channel: 'functions'."  # after the channels line
+
+
+def developer_tools_text(tools: Sequence[Tool]) -> str:
+    """The developer message's tools section ("# Tools\n\n## functions\n\nnamespace functions {...}") exactly as
+    openai-harmony renders it, for an app that renders prompts itself (the Android bundle carries it): the app
+    appends it to the developer message (after "# Instructions\n\n...", separated by a blank line) and adds
+    SYSTEM_NOTE to the system message."""
+    import openai_harmony as oh
+
+    from .harmony import harmony_encoding
+
+    content = oh.DeveloperContent.new().with_function_tools(harmony_tools(tools))
+    ids = harmony_encoding().render(oh.Message.from_role_and_content(oh.Role.DEVELOPER, content))
+    text = harmony_encoding().decode_utf8(ids)
+    head, tail = "<|start|>developer<|message|>", "<|end|>"
+    if not (text.startswith(head) and text.endswith(tail)):
+        raise AssertionError(f"openai-harmony rendered a developer message as {text[:60]!r}")
+    return text[len(head):-len(tail)]
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A call the model made: the tool's name, its arguments, and the JSON text as written."""

@@ -26,6 +26,7 @@ import gguf
 
 from edgeoss.package import bundle
 from edgeoss.formats import tokenizer
+from edgeoss.formats.tools import load_tools
 from edgeoss.atomic import atomic_dir
 from edgeoss.package.bundle import BundleError, link_or_copy
 from edgeoss.errors import UsageError
@@ -90,6 +91,23 @@ def add_tokenizer(folder: Path, report: PackageReport, template: str | None = No
     report.chat_template = chat_check.summary((folder / CHAT_TEMPLATE).read_text(encoding="utf-8"))
     return {"tokenizer": {"vocab_file": tokenizer.VOCAB_FILENAME, "sha256": tokenizer.O200K_BASE_SHA256},
             "chat_template": CHAT_TEMPLATE, "chat_template_check": report.chat_template}
+
+
+TOOLS_FILE, TOOLS_SECTION_FILE = "tools.json", "tools_developer.txt"
+
+
+def add_tools(folder: Path, tools: list) -> dict[str, Any]:
+    """Write the app's tools (JSON, as validated) and their developer-message section as openai-harmony renders it
+    (the app appends it to the developer message and adds the system note; HarmonyPrompt.java); return the
+    manifest's "tools" field."""
+    from dataclasses import asdict
+
+    from edgeoss.formats.tools import SYSTEM_NOTE, developer_tools_text
+
+    (folder / TOOLS_FILE).write_text(json.dumps([asdict(t) for t in tools], indent=2) + "\n", encoding="utf-8")
+    (folder / TOOLS_SECTION_FILE).write_text(developer_tools_text(tools), encoding="utf-8")
+    return {"file": TOOLS_FILE, "developer_section": TOOLS_SECTION_FILE, "system_note": SYSTEM_NOTE,
+            "names": [t.name for t in tools]}
 
 
 def device_profile(name: str, platform: str) -> DeviceProfile:
@@ -334,11 +352,14 @@ def android_engine(settings: dict, plan: dict, model_file: str, first_gguf: Path
 
 def package_android(source: str | Path, out: str | Path, *, device: str, context: int = DEFAULT_CONTEXT,
                     max_file_size: int | None = None, dense_type: str = "bf16", engine: str = "auto",
-                    force: bool = False, progress: bool | None = None) -> tuple[PackageReport, dict]:
+                    force: bool = False, progress: bool | None = None, tools: str | Path | None = None) \
+        -> tuple[PackageReport, dict]:
     """Bundle a checkpoint folder (exported here) or a GGUF (hard-linked, or re-split when a file is larger than
-    the device accepts) for llama.cpp on an Android device. `max_file_size` lowers the device's file limit.
-    Returns the report and the plan (which may say the model does not fit the device)."""
+    the device accepts) for llama.cpp on an Android device. `max_file_size` lowers the device's file limit;
+    `tools`: a tools file the app declares to the model (carried with its developer-message section pre-rendered
+    by openai-harmony). Returns the report and the plan (which may say the model does not fit the device)."""
     source, out = Path(source), Path(out)
+    declared = load_tools(tools) if tools is not None else None
     if not source.exists():
         raise UsageError(f"{source}: no such checkpoint folder or GGUF file")
     profile = device_profile(device, "android")
@@ -360,6 +381,8 @@ def package_android(source: str | Path, out: str | Path, *, device: str, context
                        "app_budget_bytes": profile.app_budget_bytes},
             "engine": android_engine(settings, plan, model_file, files[0], spec),
             **add_tokenizer(folder, report, gguf_chat_template(files[0]))}
+        if declared is not None:
+            fields["tools"] = add_tools(folder, declared)
         _finish(folder, report, fields, lambda: android_readme(folder, fields, profile.name, limit), progress)
     return report, plan
 
