@@ -268,3 +268,13 @@ def test_an_android_bundle_carries_the_tools_and_their_rendered_section(tiny_hf,
     code, stderr = run_main(["package", "android", str(gguf), "--device", "pixel-9-pro", "--tools", str(tools),
                              "-o", str(tmp_path / "none")])
     assert code == 2 and "must be an identifier" in stderr and not (tmp_path / "none").exists()
+
+
+def test_the_java_tool_result_turn_is_what_openai_harmony_renders():
+    """ToolTurn.java appends a tool's result and the next assistant header to the conversation; that text is how
+    openai-harmony renders the result message, then the generation prompt."""
+    literal = _java_constant("android_demo/core/src/test/java/org/edgeoss/core/ToolTurnTest.java", "RESULT")
+    result = '{"time": "2026-12-07T13:00:00+01:00", "tz": "Europe/Paris"}'
+    message = oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "functions.get_time"), result) \
+        .with_recipient("assistant").with_channel("commentary")
+    assert literal == tokenizer.decode(harmony_encoding().render(message)) + "<|start|>assistant"
