@@ -278,3 +278,23 @@ def test_the_java_tool_result_turn_is_what_openai_harmony_renders():
     message = oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, "functions.get_time"), result) \
         .with_recipient("assistant").with_channel("commentary")
     assert literal == tokenizer.decode(harmony_encoding().render(message)) + "<|start|>assistant"
+
+
+@pytest.mark.parametrize("which", [[0], [1], [2], [0, 1, 2]])
+def test_the_ggufs_template_renders_tools_as_openai_harmony(which, tiny_hf, tmp_path_factory):
+    """The chat template a GGUF carries, rendered with jinja2 as transformers does, gives the text openai-harmony
+    (and edgeoss.render_prompt) gives, for every tool set."""
+    from edgeoss.exporters.gguf import export_gguf
+    from edgeoss.formats.chat_check import render_template
+    from edgeoss.formats.ggml_gguf import read_metadata
+
+    gguf = tmp_path_factory.getbasetemp() / "tools-template.gguf"
+    if not gguf.exists():
+        export_gguf(tiny_hf, gguf, progress=False)
+    template = read_metadata(gguf)["tokenizer.chat_template"]
+    chosen = [TOOLS[i] for i in which]
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "What time is it?"}]
+    text = render_template(template, messages, tools=chosen, reasoning_effort="low", current_date="2026-12-07")
+    ids = render_prompt([("user", "What time is it?")], reasoning="low", date="2026-12-07", developer="Be brief.",
+                        tools=tools_from_json(chosen))
+    assert text == tokenizer.decode(ids)
