@@ -20,7 +20,7 @@ The graph, per layer (ONNX opset 23 + com.microsoft contrib ops, fp32 activation
     logits = RMSNormalization(x, norm) @ Wunembed^T
 
 Dense matrices (--dense): "compact" (the default) stores the attention matrices as four 4-bit digits per weight
-for MatMulNBits (edgeoss.exporters.onnx_dense: 2.56 bytes a weight in RAM, within 2^-15 of each block's largest
+for MatMulNBits (edgeoss.formats.dense_digits: 2.56 bytes a weight in RAM, within 2^-15 of each block's largest
 weight, 99 % of weights exact), "exact" stores them bf16 behind a Cast that ONNX Runtime folds to float32 at load
 (4 bytes a weight in RAM). The router and the unembedding are exact in both.
 
@@ -50,13 +50,13 @@ from edgeoss.formats import mxfp4, tokenizer
 from edgeoss.atomic import atomic_dir
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.errors import CheckpointError, UsageError
-from edgeoss.exporters import onnx_dense
+from edgeoss.formats import dense_digits
 from edgeoss.exporters.onnx_experts import DEFAULT_ENCODING, ENCODINGS, MoeShape, QuantError, write_moe
 from edgeoss.exporters.onnx_graph import MS, ExternalData, Graph, value_info
 from edgeoss.progress import byte_progress
 from edgeoss.formats.safetensors_io import bf16_to_f32
 from edgeoss.formats.spec import BF16, BF16_EXPERTS, ModelSpec
-from edgeoss.runtimes.rope import yarn_rope
+from edgeoss.formats.rope import yarn_rope
 from edgeoss.jsonfile import read_json
 
 MODEL, DATA, GENAI_CONFIG, MANIFEST = "model.onnx", "model.onnx.data", "genai_config.json", "edgeoss.json"
@@ -134,7 +134,7 @@ class Reader:
 # ---- the graph ------------------------------------------------------------------------------------------------
 def rope_tables(spec: ModelSpec, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """GroupQueryAttention's cos/sin caches [positions, head_dim / 2] (the export's max_length: the positions it
-    can run), YaRN concentration folded in: the rope of edgeoss.runtimes.rope, computed as the original model
+    can run), YaRN concentration folded in: the rope of edgeoss.formats.rope, computed as the original model
     computes it (float32 angles p * inv_freq). Angles evaluated in float64 would be closer to the true rotation,
     but 1e-4 away from the original's logits at position 8,192 (transformers' and gpt_oss's float32 angles drift
     by ~5e-4 rad there): parity with the original comes first."""
@@ -205,16 +205,16 @@ class DecoderWriter:
         b = self.weight(*(f"{n}.bias" for n in names))
         infos = [self.reader.ckpt.info(n) for n in weights]
         if not (compact and self.dense == "compact" and all(i.dtype == BF16 for i in infos)
-                and onnx_dense.fits(infos[0].shape[1])):
+                and dense_digits.fits(infos[0].shape[1])):
             return self.g.op("Gemm", x, self.matrix(*weights), b, transB=1, name=names[0])
         n, k = sum(i.shape[0] for i in infos), infos[0].shape[1]
-        parts = [onnx_dense.split(chunk) for w in weights for chunk in self.reader.chunks(w)]
+        parts = [dense_digits.split(chunk) for w in weights for chunk in self.reader.chunks(w)]
         stored = [self.g.initializer(self.data.add(f"{names[0]}.{what}", np.uint8 if i != 1 else np.float32,
                                                    (n, *parts[0][i].shape[1:]), (p[i] for p in parts)))
                   for i, what in enumerate(("digits", "scales", "zero_points"))]
-        repeated = self.g.op("Concat", *[x] * onnx_dense.DIGITS, axis=-1, name=f"{names[0]}.repeat")
+        repeated = self.g.op("Concat", *[x] * dense_digits.DIGITS, axis=-1, name=f"{names[0]}.repeat")
         return self.g.op("MatMulNBits", repeated, stored[0], stored[1], stored[2], "", b, domain=MS, name=names[0],
-                         K=onnx_dense.DIGITS * k, N=n, bits=4, block_size=onnx_dense.BLOCK, accuracy_level=1)
+                         K=dense_digits.DIGITS * k, N=n, bits=4, block_size=dense_digits.BLOCK, accuracy_level=1)
 
     def norm(self, x: str, name: str) -> str:
         return self.g.op("RMSNormalization", x, self.weight(name), epsilon=self.spec.rms_norm_eps, name=name)

@@ -42,7 +42,7 @@ from edgeoss.errors import UsageError
 from edgeoss.planner.memory import engine_traits
 from edgeoss.runtimes import kernels
 from edgeoss.runtimes.experts import Expert, ExpertPlan, ExpertStore, ExpertTransform, load_plan
-from edgeoss.runtimes.rope import Rope, yarn_rope
+from edgeoss.formats.rope import Rope, yarn_rope
 from edgeoss.formats.routing_trace import Trace
 from edgeoss.runtimes.trace import TraceRecorder
 from edgeoss.formats.safetensors_io import bf16_to_f32, f32_to_bf16
@@ -59,7 +59,7 @@ class Emulation:
 
     - ggml_yarn_rounding: floor/ceil the YaRN correction range, as llama.cpp does ([8, 18] for gpt-oss).
     - ggml_rope_angles: compute the rotary angles as ggml's CPU rope does (float32, one multiplication per pair of
-      dimensions: edgeoss.runtimes.rope), which moves them by ~1e-2 rad at position 8,000.
+      dimensions: edgeoss.formats.rope), which moves them by ~1e-2 rad at position 8,000.
     - q8_activations: round the input of every expert matmul (before gate_up and before down) to Q8_0 blocks
       of 32, as llama.cpp's CPU MXFP4 matmul does.
     - bf16_activations: round the input of the bf16 dense matmuls (q, k, v, o, unembedding; not the router,
@@ -68,7 +68,7 @@ class Emulation:
       exporter that stores them in another format); see `edgeoss.runtimes.experts.dense_experts`.
     - attention_transform: replace the bf16 matrices of q, k, v and o by the weights another encoding carries
       (bf16 bits [N, K] in; float32 [N, K], or the bits unchanged, out), e.g. the ONNX export's 4-bit digits
-      (`edgeoss.exporters.onnx_dense.attention_values`).
+      (`edgeoss.formats.dense_digits.attention_values`).
     """
 
     ggml_yarn_rounding: bool = False

@@ -19,7 +19,7 @@ from edgeoss.package.build import package_android, package_windows
 PROMPT = [200006, 1428, 200008, 13225, 2375, 200007, 200006]  # <|start|>user<|message|>Hello world<|end|><|start|>
 SHARD_LIMIT = 40_000_000  # tiny model: ~60 MB of GGUF (two 25.7 MB embedding tables), so >= 2 shards
 ANDROID_KEYS = {"format", "format_version", "target", "model", "context", "files", "memory", "engine", "tokenizer",
-                "chat_template", "plan"}
+                "chat_template", "chat_template_check", "plan"}
 MODEL_KEYS = {"name", "num_hidden_layers", "num_local_experts", "num_experts_per_tok", "hidden_size", "vocab_size",
               "params_total", "params_active"}
 

@@ -274,7 +274,7 @@ def test_ortgenai_holds_compact_attention_every_expert_and_a_max_length_kv_cache
     """What ONNX Runtime holds of an edgeoss folder as exported by default (issue 23): the attention as 4-bit
     digits, the unembedding widened to float32 at load, the embedding mapped as bf16, the checkpoint's MXFP4
     experts mapped, a float32 KV cache of max_length cells in every layer (benchmarks/README.md)."""
-    from edgeoss.exporters.onnx_dense import BYTES_PER_WEIGHT
+    from edgeoss.formats.dense_digits import BYTES_PER_WEIGHT
 
     spec = preset("20b")
     w = weight_bytes(spec, "bf16", "ortgenai")

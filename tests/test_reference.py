@@ -17,7 +17,7 @@ from edgeoss.runtimes.engine import Engine, all_logits, load_engine
 from edgeoss.runtimes.experts import dense_experts
 from edgeoss.runtimes.reference import Emulation, ReferenceEngine
 from edgeoss.formats.spec import correction_range
-from edgeoss.runtimes.rope import yarn_rope
+from edgeoss.formats.rope import yarn_rope
 from edgeoss.formats.routing_trace import read_trace, write_trace
 from edgeoss.formats.spec import preset
 

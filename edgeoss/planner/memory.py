@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..exporters import onnx_dense
+from ..formats import dense_digits
 from ..errors import UsageError
 from ..formats.spec import ModelSpec, tensor_table
 
@@ -189,8 +189,8 @@ def weight_bytes(spec: ModelSpec, dense_type: str, engine: str) -> WeightBytes:
         stored = dense_b
         if onnx and info.kind == "embedding":
             stored = STORED_BYTES
-        elif onnx and info.kind == "attention" and matrix and onnx_dense.fits(info.shape[1]):
-            stored = onnx_dense.BYTES_PER_WEIGHT
+        elif onnx and info.kind == "attention" and matrix and dense_digits.fits(info.shape[1]):
+            stored = dense_digits.BYTES_PER_WEIGHT
         by_kind[info.kind] += math.ceil(info.numel * (stored if matrix else other_b))
     row = math.ceil(spec.hidden_size * (STORED_BYTES if onnx else dense_b))
     return WeightBytes(embedding=by_kind["embedding"], unembedding=by_kind["unembedding"],

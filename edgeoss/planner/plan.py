@@ -68,7 +68,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exporters import onnx_dense
+from ..formats import dense_digits
 from ..atomic import atomic_file
 from .cache_sim import compare, replay
 from ..errors import UsageError
@@ -351,7 +351,7 @@ def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chun
                   prefill_chunk=prefill_chunk or traits.prefill_chunk or req.prompt_tokens,
                   reads_per_expert=traits.reads_per_expert,
                   expert_kernel=expert_kernel(req.engine, req.device.cpu_isa),
-                  extra_dense_params=_digit_params(req.spec) * (onnx_dense.DIGITS - 1)
+                  extra_dense_params=_digit_params(req.spec) * (dense_digits.DIGITS - 1)
                   if traits.weight_format == "onnx" else 0)
 
 
@@ -362,7 +362,7 @@ def _attention_params(spec: ModelSpec) -> int:
 
 def _digit_params(spec: ModelSpec) -> int:
     """Attention weights an ONNX export (--dense compact) stores as 4-bit digits: each is multiplied once a digit."""
-    return _attention_params(spec) if onnx_dense.fits(spec.hidden_size) and onnx_dense.fits(spec.q_dim) else 0
+    return _attention_params(spec) if dense_digits.fits(spec.hidden_size) and dense_digits.fits(spec.q_dim) else 0
 
 
 def held_out_misses(trace: Trace, slots: int, spec: ModelSpec, cache_slots: int | None = None) -> float:
@@ -638,7 +638,7 @@ def _exact_dense_advice(req: PlanRequest, ram: int) -> list[str]:
     """An ONNX plan counts the default export (--dense compact: attention as 4-bit digits). Where the attention in
     float32 fits too, say what --dense exact costs and buys (measured at 20b on this project's x86 VM,
     benchmarks/README.md: decode 1.32x onnxruntime-genai's compact speed, TTFT 0.65x)."""
-    exact = ram + round(_digit_params(req.spec) * (F32_BYTES - onnx_dense.BYTES_PER_WEIGHT))
+    exact = ram + round(_digit_params(req.spec) * (F32_BYTES - dense_digits.BYTES_PER_WEIGHT))
     budget = req.device.app_budget_bytes
     if exact + reserve_bytes(budget) > budget:
         return []

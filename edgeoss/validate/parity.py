@@ -200,7 +200,7 @@ def emulation(switches: dict[str, Any]):
 
         fields["expert_transform"] = requantized
     if switches.pop("dense_digits", None):
-        from ..exporters.onnx_dense import attention_values
+        from ..formats.dense_digits import attention_values
 
         fields["attention_transform"] = attention_values
     return Emulation(**switches, **fields)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeoss.formats.spec import ModelSpec, correction_range
+from .spec import ModelSpec, correction_range
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeoss.exporters import onnx_dense
+from edgeoss.formats import dense_digits
 from edgeoss.exporters.onnx import export_onnx
 from edgeoss.formats.checkpoint import Checkpoint
 from edgeoss.formats.safetensors_io import bf16_to_f32, f32_to_bf16
@@ -34,7 +34,7 @@ def test_digits_are_within_their_bound_and_exact_near_the_blocks_largest():
     rng = np.random.default_rng(0)
     bits = _bf16(rng, (64, 2880))
     w = bf16_to_f32(bits).astype(np.float64).reshape(64, -1, 32)
-    got = onnx_dense.digit_values(bits).astype(np.float64).reshape(w.shape)
+    got = dense_digits.digit_values(bits).astype(np.float64).reshape(w.shape)
     largest = np.abs(w).max(axis=-1, keepdims=True)
     power = np.exp2(np.floor(np.log2(np.where(largest > 0, largest, 1.0))))
     err = np.abs(got - w)
@@ -42,16 +42,16 @@ def test_digits_are_within_their_bound_and_exact_near_the_blocks_largest():
     near = np.abs(w) >= power * 2.0 ** -7  # within 128x of the block's largest: exact
     assert (err[near] == 0).all() and near.mean() > 0.98
     assert (got[0, 0] == 0).all() and (got[2, 1] == 0).all()
-    assert onnx_dense.fits(2880) and not onnx_dense.fits(2880 + 16)
+    assert dense_digits.fits(2880) and not dense_digits.fits(2880 + 16)
 
 
 def _nbits_session(bits: np.ndarray, bias: np.ndarray) -> ort.InferenceSession:
     n, k = bits.shape
-    digits, scales, zero_points = onnx_dense.split(bits)
-    assert digits.shape == (n, onnx_dense.DIGITS * k // 32, 16) and scales.dtype == np.float32
-    nodes = [helper.make_node("Concat", ["x"] * onnx_dense.DIGITS, ["xs"], axis=1),
+    digits, scales, zero_points = dense_digits.split(bits)
+    assert digits.shape == (n, dense_digits.DIGITS * k // 32, 16) and scales.dtype == np.float32
+    nodes = [helper.make_node("Concat", ["x"] * dense_digits.DIGITS, ["xs"], axis=1),
              helper.make_node("MatMulNBits", ["xs", "B", "S", "Z", "", "b"], ["y"], domain="com.microsoft",
-                              K=onnx_dense.DIGITS * k, N=n, bits=4, block_size=32, accuracy_level=1)]
+                              K=dense_digits.DIGITS * k, N=n, bits=4, block_size=32, accuracy_level=1)]
     inits = [numpy_helper.from_array(a, name) for a, name in ((digits, "B"), (scales, "S"), (zero_points, "Z"),
                                                                (bias, "b"))]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
@@ -69,7 +69,7 @@ def test_onnxruntime_multiplies_exactly_the_digits_weights(n, k):
     bias = rng.standard_normal(n).astype(np.float32)
     x = rng.standard_normal((5, k)).astype(np.float32)
     got = _nbits_session(bits, bias).run(None, {"x": x})[0].astype(np.float64)
-    carried = x.astype(np.float64) @ onnx_dense.digit_values(bits).astype(np.float64).T + bias
+    carried = x.astype(np.float64) @ dense_digits.digit_values(bits).astype(np.float64).T + bias
     original = x.astype(np.float64) @ bf16_to_f32(bits).astype(np.float64).T + bias
     scale = np.abs(original).max()
     assert np.abs(got - carried).max() <= 1e-5 * scale
@@ -88,7 +88,7 @@ def test_compact_and_exact_exports_against_the_original_and_the_emulation(tiny_h
         engine = load_engine("onnxruntime", folder)
         logits[dense] = all_logits(engine, ids)
         engine.close()
-    emulated = ReferenceEngine(tiny_hf, emulation=Emulation(attention_transform=onnx_dense.attention_values))
+    emulated = ReferenceEngine(tiny_hf, emulation=Emulation(attention_transform=dense_digits.attention_values))
     emulated_logits = all_logits(emulated, ids)
     digits_error = np.abs(emulated_logits - original).max()
     assert np.abs(logits["exact"] - original).max() <= 1e-5
@@ -98,7 +98,7 @@ def test_compact_and_exact_exports_against_the_original_and_the_emulation(tiny_h
         attention = sum(ckpt.info(f"layers.{i}.{m}.weight").numel for i in range(4) for m in "qkvo")
     stored = {d: _attention_bytes(tmp_path / d / "model.onnx") for d in logits}
     assert stored["exact"] == attention * 2
-    assert stored["compact"] == pytest.approx(attention * onnx_dense.BYTES_PER_WEIGHT, rel=0.01)
+    assert stored["compact"] == pytest.approx(attention * dense_digits.BYTES_PER_WEIGHT, rel=0.01)
 
 
 def _attention_bytes(model: Path) -> int:

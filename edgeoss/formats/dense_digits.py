@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeoss.formats.safetensors_io import bf16_to_f32
+from .safetensors_io import bf16_to_f32
 
 BLOCK = 32
 DIGITS = 4
