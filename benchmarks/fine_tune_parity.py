@@ -18,9 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import GptOssConfig, GptOssForCausalLM, Mxfp4Config
+from edgeoss.validate.fine_tunes import perturb_experts, transformers_bf16_copy
 
 
 def edgeoss(*args: str) -> str:
@@ -29,21 +27,7 @@ def edgeoss(*args: str) -> str:
 
 
 def fine_tune(mxfp4: Path, out: Path, noise: float) -> Path:
-    quantized = GptOssForCausalLM.from_pretrained(mxfp4, dtype=torch.bfloat16,
-                                                  quantization_config=Mxfp4Config(dequantize=True))
-    config = GptOssConfig.from_pretrained(mxfp4)
-    del config.quantization_config
-    plain = GptOssForCausalLM(config).to(torch.bfloat16)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    plain.save_pretrained(out)
-    generator = torch.Generator().manual_seed(0)
-    for shard in out.glob("*.safetensors"):
-        tensors = load_file(shard)
-        for name, t in tensors.items():
-            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                tensors[name] = (t.float() * (1 + noise * torch.randn(t.shape, generator=generator))).to(torch.bfloat16)
-        save_file(tensors, shard, metadata={"format": "pt"})
-    return out
+    return perturb_experts(transformers_bf16_copy(mxfp4, out), noise)
 
 
 def main() -> None:

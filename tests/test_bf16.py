@@ -23,18 +23,10 @@ from edgeoss.formats import mxfp4
 def tiny_bf16(tiny_hf, tmp_path_factory) -> Path:
     """transformers' own BF16 copy: load with Mxfp4Config(dequantize=True), copy the state into an unquantized
     GptOssForCausalLM, save_pretrained."""
-    torch = pytest.importorskip("torch")
-    from transformers import GptOssConfig, GptOssForCausalLM, Mxfp4Config
+    pytest.importorskip("torch")
+    from edgeoss.validate.fine_tunes import transformers_bf16_copy
 
-    quantized = GptOssForCausalLM.from_pretrained(tiny_hf, dtype=torch.bfloat16,
-                                                  quantization_config=Mxfp4Config(dequantize=True))
-    config = GptOssConfig.from_pretrained(tiny_hf)
-    del config.quantization_config
-    plain = GptOssForCausalLM(config).to(torch.bfloat16)
-    plain.load_state_dict(quantized.state_dict(), strict=True)
-    out = tmp_path_factory.mktemp("bf16") / "tiny-bf16"
-    plain.save_pretrained(out)
-    return out
+    return transformers_bf16_copy(tiny_hf, tmp_path_factory.mktemp("bf16") / "tiny-bf16")
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -186,19 +178,10 @@ def test_onnx_export_of_bf16_runs_the_same_model(tiny_bf16, tiny_hf, tmp_path):
 @pytest.fixture(scope="module")
 def fine_tuned(tiny_bf16, tmp_path_factory) -> Path:
     """A fine-tune-like model: tiny's BF16 experts times (1 + 5 % noise), no longer exact MXFP4 values."""
-    torch = pytest.importorskip("torch")
-    from safetensors.torch import load_file, save_file
+    pytest.importorskip("torch")
+    from edgeoss.validate.fine_tunes import perturb_experts
 
-    out = Path(shutil.copytree(tiny_bf16, tmp_path_factory.mktemp("fine-tuned") / "tiny-ft"))
-    generator = torch.Generator().manual_seed(0)
-    for shard in out.glob("*.safetensors"):
-        tensors = load_file(shard)
-        for name, t in tensors.items():
-            if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                noise = torch.randn(t.shape, generator=generator) * 0.05
-                tensors[name] = (t.float() * (1 + noise)).to(torch.bfloat16)
-        save_file(tensors, shard, metadata={"format": "pt"})
-    return out
+    return perturb_experts(shutil.copytree(tiny_bf16, tmp_path_factory.mktemp("fine-tuned") / "tiny-ft"), 0.05)
 
 
 def test_a_fine_tune_exports_and_its_parity_attributes_the_quantization(fine_tuned, tmp_path):
