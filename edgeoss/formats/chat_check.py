@@ -97,10 +97,13 @@ def differences(template: str) -> list[str]:
         theirs = tokenizer.decode(render_prompt(c.turns, developer=c.developer, date=today,
                                                 tools=tools_from_json(list(c.tools))))
         if ours != theirs:
-            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            found.append(f"{c.name}: from character {at}, the template writes {ours[at:at + 24]!r}, openai-harmony "
-                         f"{theirs[at:at + 24]!r}")
+            found.append(f"{c.name}: {_first_difference(ours, theirs, 'the template')}")
     return found
+
+
+def _first_difference(ours: str, theirs: str, who: str) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return f"from character {at}, {who} writes {ours[at:at + 24]!r}, openai-harmony {theirs[at:at + 24]!r}"
 
 
 def summary(template: str) -> str:
@@ -138,7 +141,5 @@ def llamacpp_differences(template: str) -> list[str]:
         ours = llamacpp_render(template, c.messages)
         theirs = tokenizer.decode(render_prompt(c.turns, developer=c.developer))
         if ours != theirs:
-            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            found.append(f"{c.name}: from character {at}, llama.cpp writes {ours[at:at + 24]!r}, openai-harmony "
-                         f"{theirs[at:at + 24]!r}")
+            found.append(f"{c.name}: {_first_difference(ours, theirs, 'llama.cpp')}")
     return found
