@@ -200,6 +200,7 @@ class LlamaCppEngine:
 
     def __init__(self, artifact_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, n_ubatch: int | None = None, f32_kv: bool = True, flash_attn: bool = False,
+                 swa_full: bool = False,
                  use_mmap: bool = True, repack: bool = True, cpu_moe_layers: int | Iterable[int] | None = None,
                  tensor_overrides: Mapping[str, str] | None = None, memory_budget: int | str | None = None,
                  plan: str | Path | None = None, logits_all: bool = True, verbose: bool | None = None):
@@ -240,8 +241,8 @@ class LlamaCppEngine:
             n_ubatch = n_ubatch or self.store.n_ubatch
         n_ubatch = min(n_batch, n_ubatch or DEFAULT_UBATCH)
         repack = repack and repack_is_safe(meta.tensor_types)
-        self.options = dict(f32_kv=f32_kv, flash_attn=flash_attn, use_mmap=use_mmap, repack=repack,
-                            n_batch=n_batch, n_ubatch=n_ubatch, logits_all=logits_all)
+        self.options = dict(f32_kv=f32_kv, flash_attn=flash_attn, swa_full=swa_full, use_mmap=use_mmap,
+                            repack=repack, n_batch=n_batch, n_ubatch=n_ubatch, logits_all=logits_all)
         self.overrides = {**cpu_moe_patterns(cpu_moe_layers, self.spec.num_hidden_layers),
                           **(tensor_overrides or {})}
         self._override_array = _overrides(self.overrides)  # must outlive the load
@@ -254,7 +255,7 @@ class LlamaCppEngine:
                 self._llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                     n_threads=self.n_threads, n_threads_batch=self.n_threads, logits_all=logits_all, type_k=kv_type,
-                    type_v=kv_type, flash_attn=flash_attn, use_mmap=use_mmap,
+                    type_v=kv_type, flash_attn=flash_attn, use_mmap=use_mmap, swa_full=swa_full,
                     yarn_beta_fast=self.spec.rope_beta_fast, yarn_beta_slow=self.spec.rope_beta_slow,
                     verbose=verbose)
             except ValueError as e:
@@ -337,7 +338,8 @@ def options_from_plan(settings: dict) -> dict:
     """A plan's `engines.llamacpp` settings as LlamaCppEngine options (threads stay this machine's)."""
     overrides = dict(o.rsplit("=", 1) for o in settings.get("override_tensors") or [])
     return {"n_ctx": settings["n_ctx"], "use_mmap": settings["use_mmap"], "flash_attn": settings["flash_attn"],
-            "f32_kv": settings["type_k"] == "f32", "cpu_moe_layers": settings["n_cpu_moe"] or None,
+            "f32_kv": settings["type_k"] == "f32", "swa_full": settings.get("swa_full", False),
+            "cpu_moe_layers": settings["n_cpu_moe"] or None,
             "tensor_overrides": overrides or None}
 
 

@@ -205,7 +205,8 @@ class OrtGenaiEngine:
         self.generator = self.og.Generator(self.model, params)
         self.position = 0
 
-    def _append(self, tokens: Sequence[int]) -> None:
+    def append(self, tokens: Sequence[int]) -> None:
+        """Feed tokens without copying their logits out (a long prompt's earlier chunks)."""
         if self.position + len(tokens) > self.max_length:
             raise UsageError(f"sequence of {self.position + len(tokens)} tokens exceeds max_length "
                              f"{self.max_length} (pass max_length=..., or export with --max-length)")
@@ -215,11 +216,11 @@ class OrtGenaiEngine:
     def prefill(self, tokens: Sequence[int]) -> np.ndarray:
         if len(tokens) == 0:
             return np.zeros((0, self.spec.vocab_size), np.float32)
-        self._append(tokens)
+        self.append(tokens)
         return np.array(self.generator.get_output("logits")[0], np.float32)  # every position of this batch
 
     def step(self, token: int) -> np.ndarray:
-        self._append([token])
+        self.append([token])
         return np.array(self.generator.get_logits()[0, -1], np.float32)  # get_output stays stale after steps
 
     def stats(self) -> dict[str, Any]:

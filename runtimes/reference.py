@@ -189,26 +189,28 @@ def load_layer(ckpt: Checkpoint, i: int, emulation: "Emulation") -> Layer:
 
 # ---- KV cache -------------------------------------------------------------------------------------------
 class LayerCache:
-    """Keys and values of one layer: every position (full layer) or a ring of the last `window` (sliding)."""
+    """Keys and values of one layer: every position (full layer) or a ring of the last `window` (sliding).
 
-    def __init__(self, kv_heads: int, dim: int, window: int | None):
+    A full layer's arrays are allocated once for `positions` cells (the model's limit) with np.zeros, which maps
+    fresh zero pages: only the cells written so far are resident, and the cache never copies itself to grow (a
+    doubling copy would hold the old and the new arrays at once, twice the KV at its peak)."""
+
+    def __init__(self, kv_heads: int, dim: int, window: int | None, positions: int):
         self.window = window
-        capacity = window or 64
+        capacity = window or positions
         self.keys = np.zeros((capacity, kv_heads, dim), dtype=np.float32)
-        self.values = np.zeros_like(self.keys)
-        self.positions = np.full(capacity, -1, dtype=np.int64)
+        self.values = np.zeros(self.keys.shape, dtype=np.float32)  # not zeros_like: it writes every page
+        self.positions = np.full(capacity, -1, dtype=np.int64) if window else np.zeros(0, dtype=np.int64)
         self.length = 0  # entries filled (grows to the ring size at most)
 
     def attend_over(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray) \
             -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add a batch's keys/values; return (keys, values, positions) its queries may look at."""
-        if self.window is None:
-            self._grow(self.length + len(positions))
+        if self.window is None:  # cells hold positions 0, 1, ... in order
             end = self.length + len(positions)
-            self.keys[self.length:end], self.values[self.length:end], self.positions[self.length:end] = \
-                k, v, positions
+            self.keys[self.length:end], self.values[self.length:end] = k, v
             self.length = end
-            return self.keys[:end], self.values[:end], self.positions[:end]
+            return self.keys[:end], self.values[:end], np.arange(end)
         ring = np.argsort(self.positions[:self.length])  # the ring's entries in position order
         seen = (np.concatenate([self.keys[ring], k]), np.concatenate([self.values[ring], v]),
                 np.concatenate([self.positions[ring], positions]))
@@ -217,17 +219,6 @@ class LayerCache:
         self.keys[slots], self.values[slots], self.positions[slots] = k[keep], v[keep], positions[keep]
         self.length = min(self.window, self.length + len(positions))
         return seen
-
-    def _grow(self, needed: int) -> None:
-        if needed <= len(self.positions):
-            return
-        capacity = max(needed, 2 * len(self.positions))
-        for name in ("keys", "values", "positions"):
-            old = getattr(self, name)
-            # np.zeros maps fresh zero pages: capacity not yet written costs no RAM
-            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
-            new[:self.length] = old[:self.length]
-            setattr(self, name, new)
 
 
 # ---- the engine -----------------------------------------------------------------------------------------
@@ -265,7 +256,8 @@ class ReferenceEngine:
     # ---- Engine protocol ----------------------------------------------------------------------------------
     def reset(self) -> None:
         s = self.spec
-        self.caches = [LayerCache(s.num_key_value_heads, s.head_dim, layer.window) for layer in self.layers]
+        self.caches = [LayerCache(s.num_key_value_heads, s.head_dim, layer.window, s.max_position_embeddings)
+                       for layer in self.layers]
         self.length = 0
         if not hasattr(self, "time_by_layer"):  # timings add up across sequences, like the read counters
             self.time_by_layer = np.zeros(s.num_hidden_layers)

@@ -150,9 +150,84 @@ class LlamaCppTokens:
     """The prompt's token ids as llama.cpp's own tokenizer makes them (what the bridge feeds)."""
 
     @staticmethod
-    def of(gguf: Path) -> list[int]:
+    def of(gguf: Path, text: str = PROMPT) -> list[int]:
         engine = LlamaCppEngine(gguf, n_ctx=256, logits_all=False)
         try:
-            return engine._llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
+            return engine._llm.tokenize(text.encode(), add_bos=False, special=True)
         finally:
             engine.close()
+
+
+ROUND_ONE = ("<|channel|>analysis<|message|>Need the time.<|end|><|start|>assistant to=functions.get_time"
+             '<|channel|>commentary <|constrain|>json<|message|>{"tz": "Europe/Paris"}<|call|>')
+
+
+def test_the_apps_tool_loop_answers_a_call_and_reuses_the_kv_cache(host, stream_bundle):
+    """The app's ToolLoop on the JNI bridge: round one is forced (random weights call no tool), get_time answers,
+    and round two keeps the KV cache's prefix (every token of the prompt and the call) and generates the same
+    tokens as a run from an empty cache."""
+    script = stream_bundle.parent / "round-one.txt"
+    script.write_text(ROUND_ONE)
+    loop = host_run(host, stream_bundle, "--tool-round", str(script))["tool_loop"]
+    assert loop["outcome"] == "CALL_ANSWERED"
+    [call] = loop["calls"]
+    assert call["recipient"] == "functions.get_time" and json.loads(call["arguments"]) == {"tz": "Europe/Paris"}
+    assert json.loads(call["result"]) == {"time": "2026-12-07T13:00:00+01:00", "tz": "Europe/Paris"}
+    assert loop["prompt"] == (PROMPT + ROUND_ONE + "<|start|>functions.get_time to=assistant<|channel|>commentary"
+                              f"<|message|>{call['result']}<|end|><|start|>assistant")
+    gguf = stream_bundle / json.loads((stream_bundle / "manifest.json").read_text())["engine"]["model_file"]
+    assert loop["reused"] == len(LlamaCppTokens.of(gguf, PROMPT + ROUND_ONE)) and loop["fresh_reused"] == 0
+    assert len(loop["tokens"]) == TOKENS and loop["tokens"] == loop["fresh_tokens"]
+
+
+def test_the_apps_benchmark_protocol_writes_what_plan_calibrate_and_profiles_import_read(host, stream_bundle,
+                                                                                         tmp_path):
+    """The app's DeviceBenchmark through the JNI bridge (HostRun --profile, the code path the phone runs) writes
+    profile.json; `plan --calibrate` reads it and reports predicted against measured, and `profiles import` turns it
+    into a profile whose plan predicts the measured decode speed without calibration."""
+    from conftest import run_main
+
+    out = tmp_path / "profile.json"
+    assert host_run(host, stream_bundle, "--profile", str(out), "--prompt-tokens", "32", "--runs", "2")["profile"]
+    data = json.loads(out.read_text())
+    assert (data["engine"], data["model"], data["prompt_tokens"], data["gen_tokens"], data["runs"]) == \
+        ("llamacpp-stream", "gpt-oss-tiny", 32, TOKENS, 2)
+    stats = data["engine_stats"]
+    assert stats["decode_tokens"] <= 2 * (TOKENS - 1) and stats["experts"]["misses"] > 0
+    assert stats["decode_bytes_read_per_token"] == stats["experts"]["bytes_read"] / stats["decode_tokens"]
+    assert data["decode_tok_s"]["min"] <= data["decode_tok_s"]["median"] <= data["decode_tok_s"]["max"]
+    assert data["cold"]["ttft_s"] > 0 and data["peak_rss_bytes"] >= data["rss_after_load_bytes"] > 0
+    assert data["machine"]["ram_bytes"] > 0 and data["protocol"]["context"] == 4096
+    profile = stream_bundle.parent / "tiny-phone.toml"
+    args = ["plan", "--preset", "tiny", "--device", profile, "--engine", "llamacpp-stream", "--context", "4096"]
+    code, stdout, stderr = run_main([*args, "--calibrate", out, "--json"], with_stdout=True)
+    assert code == 0, stderr
+    measured = json.loads(stdout)["measured"]
+    decode = measured["decode_tok_s"]
+    assert decode["measured"] == data["decode_tok_s"]["median"] and abs(decode["calibrated_error"]) < 0.02
+    assert measured["context"] == 4096 and measured["peak_bytes"]["measured"] == data["peak_rss_bytes"]
+    code, stdout, _ = run_main([*args, "--calibrate", out], with_stdout=True)
+    assert "tok/s measured; predicted" in " ".join(stdout.split())
+    imported = tmp_path / "my-phone.toml"
+    code, stderr = run_main(["profiles", "import", out, "--like", profile, "-o", imported])
+    assert code == 0, stderr
+    at_run = ["plan", "--preset", "tiny", "--engine", "llamacpp-stream", "--context", "4096",
+              "--prompt-tokens", "32", "--json"]
+    code, stdout, stderr = run_main([*at_run, "--device", imported], with_stdout=True)
+    assert code == 0, stderr
+    # the profile carries the device's efficiencies (folded into its figures) and the measured RAM; the miss rate is
+    # the model's and the budget's, not the device's
+    fitted = json.loads(run_main([*args, "--calibrate", out, "--json"], with_stdout=True)[1])["prediction"]
+    efficiencies = tmp_path / "efficiencies.json"
+    efficiencies.write_text(json.dumps({k: v for k, v in fitted["calibration"].items() if k != "miss_scale"}))
+    base, mine = load_profile(str(profile)), load_profile(str(imported))
+    assert mine.ram_bytes == data["machine"]["ram_bytes"] and mine.cpu_threads == data["machine"]["cores"]
+    unfolded = tmp_path / "unfolded.toml"
+    unfolded.write_text(profile_toml(replace(mine, memory_bandwidth_gb_s=base.memory_bandwidth_gb_s,
+                                             cpu_gflops=base.cpu_gflops, flash_seq_read_mb_s=base.flash_seq_read_mb_s,
+                                             flash_random_read_mb_s=base.flash_random_read_mb_s)))
+    expected = json.loads(run_main([*at_run, "--device", unfolded, "--calibrate", efficiencies],
+                                   with_stdout=True)[1])["prediction"]
+    got = json.loads(stdout)["prediction"]
+    assert got["decode_tok_s"] == pytest.approx(expected["decode_tok_s"], rel=1e-3)
+    assert got["ttft_s"] == pytest.approx(expected["ttft_s"], rel=1e-3)

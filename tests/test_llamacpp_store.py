@@ -215,14 +215,19 @@ def test_a_plan_for_the_store_runs_profiles_and_calibrates(ggufs, tmp_path):
     measured = tmp_path / "profile.json"
     measured.write_text(json.dumps(result))
     calibration = load_calibration(measured, request)
-    at = request.replace(calibration=calibration, context=32 + 24)
+    assert stats["n_ctx"] == 256  # the context the run was loaded with: the one calibration predicts at
+    at = request.replace(calibration=calibration, context=stats["n_ctx"])
     w = weight_bytes(spec, "bf16", "llamacpp-stream")
     misses = stats["decode_bytes_read_per_token"] / w.expert  # the measured misses, as calibration reads them
     layout = Layout(False, 0, misses, 512, reads_per_expert=3)
     kv = kv_cache(spec, at.context, "f16", "llamacpp-stream")
-    predicted = predict(spec, w, kv, at.device, layout, 0, 1, calibration)
+    # the layout gives the measured misses; miss_scale maps the plan's own figure onto them
+    predicted = predict(spec, w, kv, at.device, layout, 0, 1, replace(calibration, miss_scale=1.0))
     assert predicted.decode_tok_s == pytest.approx(result["decode_tok_s"]["median"], rel=1e-6)
     assert calibration != Calibration()
+    # the calibrated plan itself (its own placement, its misses scaled to the measured ones) predicts the run
+    replanned = make_plan(request.replace(calibration=calibration))["prediction"]
+    assert replanned["decode_tok_s"] == pytest.approx(result["decode_tok_s"]["median"], rel=0.02)
 
 
 def test_last_logits_only_through_many_ubatches(ggufs):

@@ -141,3 +141,14 @@ def test_measure_reads_the_vector_isa_from_cpuinfo(tmp_path, flags, isa):
     found, how = this_cpu_isa(cpuinfo)
     assert found == isa and str(cpuinfo) in how
     assert this_cpu_isa(tmp_path / "missing")[0] == "avx2"
+
+
+def test_measured_figures_repeat_until_stable_and_keep_their_spread():
+    from edgeoss.validate.device_measure import stable
+
+    values = iter([10.0, 20.0, 10.2, 10.1, 10.0, 99.0])
+    s = stable(lambda: next(values))
+    assert (s.repeats, s.median, s.low, s.high) == (5, 10.1, 10.0, 20.0)  # the last three agree within 5 %
+    assert s.spread == pytest.approx(10 / 2 / 10.1) and s.note() == "median of 5 repeats, spread +/-50 %"
+    noisy = iter([1.0, 2.0, 3.0] * 10)
+    assert stable(lambda: next(noisy), most=6).repeats == 6  # never stable: at most `most` repeats

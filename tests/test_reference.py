@@ -294,3 +294,22 @@ def test_read_trace_rejects_other_files(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(UsageError, match="not a readable .npz"):
         read_trace(tmp_path / "text.npz")
+
+
+def test_the_kv_cache_holds_only_the_cells_written():
+    """A full layer's cache is allocated for the model's 131,072 positions up front (no doubling copies), lazily:
+    only written cells become resident (np.zeros maps zero pages; np.zeros_like would write every one, 3 GiB at
+    20b's shapes)."""
+    from runtimes.reference import LayerCache
+
+    def anonymous() -> int:
+        text = open("/proc/self/smaps_rollup").read()
+        return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("Anonymous:")) * 1024
+
+    before = anonymous()
+    caches = [LayerCache(8, 64, None, 131072) for _ in range(12)]  # 20b's full layers: 6 GiB if written
+    for c in caches:
+        c.attend_over(np.ones((4, 8, 64), np.float32), np.ones((4, 8, 64), np.float32), np.arange(4))
+    assert anonymous() - before < 256 << 20
+    assert caches[0].length == 4 and np.array_equal(caches[0].attend_over(
+        np.zeros((1, 8, 64), np.float32), np.zeros((1, 8, 64), np.float32), np.arange(4, 5))[2], np.arange(5))

@@ -298,3 +298,24 @@ def test_the_ggufs_template_renders_tools_as_openai_harmony(which, tiny_hf, tmp_
     ids = render_prompt([("user", "What time is it?")], reasoning="low", date="2026-12-07", developer="Be brief.",
                         tools=tools_from_json(chosen))
     assert text == tokenizer.decode(ids)
+
+
+def test_the_java_tool_loops_conversation_is_what_openai_harmony_renders():
+    """ToolLoop.java appends the model's call and the tool's result to the prompt (so llama.cpp keeps its KV cache);
+    that text equals openai-harmony's rendering of the whole conversation so far (render_prompt), and ROUND_ONE is
+    openai-harmony's rendering of the analysis and the call."""
+    path = "android_demo/core/src/test/java/org/edgeoss/core/ToolLoopTest.java"
+    prompt = _java_constant("android_demo/core/src/test/java/org/edgeoss/core/HarmonyPromptTest.java", "WITH_TOOLS")
+    tools = tools_from_json([{"name": "get_time", "description": "Current time", "parameters": {
+        "type": "object", "properties": {"tz": {"type": "string", "default": "UTC"}}}}])
+    result = '{"time": "2026-12-07T13:00:00+01:00", "tz": "Europe/Paris"}'
+    turns = [Turn("user", "What time is it?"), Turn("assistant", "Need the time.", channel="analysis"),
+             Turn("assistant", '{"tz": "Europe/Paris"}', channel="commentary", recipient="functions.get_time"),
+             Turn("tool", result, name="functions.get_time")]
+    expected = render_prompt(turns, reasoning="low", date="2025-01-31", developer="Be brief.", tools=tools)
+    assert prompt + _java_constant(path, "AFTER_CALL") == tokenizer.decode(expected)
+    ids = _completion(
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, "Need the time.").with_channel("analysis"),
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"tz": "Europe/Paris"}')
+        .with_channel("commentary").with_recipient("functions.get_time").with_content_type("<|constrain|>json"))
+    assert _java_constant(path, "ROUND_ONE") == tokenizer.decode(ids)

@@ -75,9 +75,15 @@ def make(checkpoint, preset_name, device, context, trace_path, dense_type, kv_ty
         spec=spec, device=load_profile(device), context=context, model_source=source, engine=engine,
         dense_type=dense_type, kv_type=kv_type, trace=read_trace(trace_path) if trace_path else None,
         trace_source=str(trace_path or ""), prompt_tokens=prompt_tokens)
+    measurement = None
     if calibration_path:
+        from ..planner.measured import against, load_measurement
+
         request = request.replace(calibration=load_calibration(calibration_path, request))
+        measurement = load_measurement(calibration_path)
     result = make_plan(request)
+    if measurement is not None:
+        result["measured"] = against(request, measurement)
     if output:
         write_plan(output, result)
     if as_json:
@@ -129,7 +135,9 @@ def _print_plan(p: dict) -> None:
               f"on flash only; expert budget {human(experts['budget_bytes'])} (popularity: "
               f"{experts['popularity_source']})")
     pr = p["prediction"]
-    out.print(f"predicted: [bold]{pr['decode_tok_s']:.2f} tok/s[/bold] decode "
+    u = pr["uncertainty"]
+    how = "calibrated" if u["why"].startswith("calibrated") else "uncalibrated: --calibrate narrows it"
+    out.print(f"predicted: [bold]{pr['decode_tok_s']:.2f} tok/s[/bold] decode (±{100 * u['fraction']:.0f} %, {how}) "
               f"({1e3 * pr['decode_s_per_token']:.0f} ms/token: memory {1e3 * pr['memory_s_per_token']:.0f}, "
               f"flash {1e3 * pr['flash_s_per_token']:.0f}, compute {1e3 * pr['compute_s_per_token']:.0f}), "
               f"TTFT {pr['ttft_s']:.1f} s for {pr['prompt_tokens']} tokens, {pr['misses_per_token']:.1f} misses/token "
@@ -151,8 +159,29 @@ def _print_plan(p: dict) -> None:
     else:
         out.print(f"reference runtime: --plan PLAN.json (expert budget "
                   f"{human(p['engines']['reference']['memory_budget'])})")
+    if "measured" in p:
+        _print_measured(p["measured"])
     for line in p["advice"]:
         out.print(f"- {line}", soft_wrap=True)
+
+
+def _print_measured(m: dict) -> None:
+    """Predicted against measured, before and after calibration, at the measurement's context."""
+    from ..units import human
+
+    def row(name: str, v: dict, unit: str) -> str:
+        if not v["measured"]:
+            return f"{name} not measured"
+        return (f"{name} {v['measured']:.2f} {unit} measured; predicted {v['uncalibrated']:.2f} uncalibrated "
+                f"({100 * v['uncalibrated_error']:+.0f} %), {v['calibrated']:.2f} calibrated "
+                f"({100 * v['calibrated_error']:+.0f} %)")
+
+    peak = m["peak_bytes"]
+    peak_text = (f"peak {human(peak['measured'])} measured, {human(peak['planned'])} planned "
+                 f"({100 * (peak['planned'] / peak['measured'] - 1):+.0f} %)" if peak["measured"] else "peak not measured")
+    out.print(f"measured ({m['engine']}{' on ' + m['device'] if m['device'] else ''}, context {m['context']}, "
+              f"{m['prompt_tokens']}-token prompt): {row('decode', m['decode_tok_s'], 'tok/s')}; "
+              f"{row('TTFT', m['ttft_s'], 's')}; {peak_text}", soft_wrap=True)
 
 
 @plan.command()

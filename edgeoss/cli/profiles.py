@@ -77,7 +77,45 @@ def measure(output: Path, name: str, folder: Path, disk_mib: int, quick: bool) -
     p = measured.profile
     err.print(f"wrote {output}: {p.ram_bytes / 2**30:.1f} GiB RAM, {p.memory_bandwidth_gb_s:g} GB/s memory, "
               f"disk {p.flash_seq_read_mb_s:g} MB/s sequential / {p.flash_random_read_mb_s:g} MB/s 4 KiB random, "
-              f"MXFP4 matvec {measured.matvec_gb_s:.2f} GB/s, {p.cpu_gflops:g} GFLOP/s batched")
+              f"MXFP4 matvec {measured.matvec_gb_s:.2f} GB/s, {p.cpu_gflops:g} GFLOP/s batched (spread: "
+              + ", ".join(f"{k} +/-{100 * v:.0f} %" for k, v in measured.spreads.items()) + ")")
+
+
+@profiles.command("import")
+@click.argument("measurement", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--like", "base", required=True,
+              help="the published profile of the same device (a shipped name or a .toml file): its figures are "
+                   "scaled by the efficiencies fitted to the measurement")
+@click.option("--name", help="the new profile's name (default: the output file's stem)")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="profile file to write")
+def import_cmd(measurement: Path, base: str, name: str | None, output: Path) -> None:
+    """A device profile from a measured run: the app's profile.json (adb pull) or `edgeoss profile --json`.
+
+    Plans made from it predict the measured decode speed without --calibrate."""
+    from ..atomic import atomic_file
+    from ..errors import UsageError
+    from ..planner.measured import imported_profile, load_measurement, measured_spec
+    from ..planner.plan import PlanRequest, calibration_from_profile
+    from ..planner.profiles import load_profile, profile_toml, read_profile
+
+    data = load_measurement(measurement)
+    if data is None:
+        raise UsageError(f"{measurement}: holds efficiencies, not a measured run: nothing to import")
+    spec, like = measured_spec(data, str(measurement)), load_profile(base)
+    context = min(spec.max_position_embeddings, int(data["prompt_tokens"]) + int(data["gen_tokens"]))
+    request = PlanRequest(spec, like, context, engine=data["engine"])
+    calibration = calibration_from_profile(request, data, str(measurement))
+    profile = imported_profile(like, data, calibration, name or output.stem)
+    efficiencies = ", ".join(f"{k} {v:.3f}" for k, v in calibration.__dict__.items())
+    header = (f"{profile.description}.\nWritten by `edgeoss profiles import {measurement.name} --like {like.name}`: "
+              f"fitted efficiencies {efficiencies},\nfolded into memory_bandwidth_gb_s, cpu_gflops and the flash "
+              "figures; the rest is the base profile's.")
+    with atomic_file(output) as tmp:
+        tmp.write_text(profile_toml(profile, header=header))
+    read_profile(output)  # what we wrote must load
+    err.print(f"wrote {output}: {like.name} calibrated by {data['engine']} at {data['decode_tok_s']['median']:.2f} "
+              f"tok/s decode ({efficiencies})")
 
 
 COMMANDS = [profiles]

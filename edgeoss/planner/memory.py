@@ -16,7 +16,8 @@ weights. The rest follows the engine's file format:
 KV cache. K and V of every layer, `kv_dim` wide each, at `--kv-type` (default f16, llama.cpp's default).
 Full-attention layers hold every position; sliding layers hold the window. The reference holds exactly
 `context` and `min(context, window)` cells. llama.cpp pads n_ctx to 256 cells and, without `--swa-full`
-(its default), sizes a sliding layer at pad256(window + n_ubatch).
+(llama-server's default and edgeoss's; the library's own default is on), sizes a sliding layer at
+pad256(window + n_ubatch). onnxruntime-genai allocates max_length cells in every layer, sliding ones too.
 
 The reference keeps its KV cache in float32 whatever `--kv-type` says (`EngineTraits.kv_type`), and grows it
 as positions arrive (capacity not yet written is never touched, so never resident).
@@ -28,8 +29,9 @@ in full by every token, so it is resident.
 
 Scratch. The activations of one layer for one prefill chunk (float32: residual and its norm, q, k, v,
 attention output, router logits, k experts' gate/up and down outputs), attention scores where the engine
-materializes them (llama.cpp with flash attention does not; the reference's kernel keeps one row per
-(query, head) task), the logits it returns (the reference returns every prompt position: the prompt's rows
+materializes them (a chunk at the end of a full context: [chunk, heads, context]; onnxruntime-genai does;
+llama.cpp with flash attention does not, but keeps a mask of [cache cells, n_ubatch] in f16; the reference's
+kernel keeps one row per (query, head) task), the logits it returns (the reference returns every prompt position: the prompt's rows
 plus the chunk being computed; llama.cpp one row), and, for the reference runtime, which builds a missed expert
 before it is cached, a buffer for one layer's k missed experts (llama.cpp's store reads into its own pages).
 
@@ -244,12 +246,14 @@ class KvCache:
         return self.full_bytes + self.sliding_bytes
 
 
-def kv_cache(spec: ModelSpec, context: int, kv_type: str, engine: str) -> KvCache:
+def kv_cache(spec: ModelSpec, context: int, kv_type: str, engine: str, swa_full: bool = False) -> KvCache:
+    """swa_full: llama.cpp's full-size SWA cache (its library's default; llama-server's and edgeoss's is off)."""
     per_cell = 2 * spec.kv_dim * _type_bytes(KV_TYPES, kv_type, "KV type")  # K and V
     weight_format = engine_traits(engine).weight_format
     if weight_format == "gguf":
         full = _pad(context, LLAMACPP_PAD)
-        sliding = min(_pad(spec.sliding_window + ENGINES["llamacpp"].prefill_chunk, LLAMACPP_PAD), full)
+        sliding = full if swa_full else min(_pad(spec.sliding_window + ENGINES["llamacpp"].prefill_chunk,
+                                                 LLAMACPP_PAD), full)
     elif weight_format == "onnx":  # onnxruntime-genai allocates max_length cells in every layer
         full = sliding = context
     else:
@@ -282,8 +286,13 @@ def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int,
     t = engine_traits(engine)
     chunk = min(context, t.prefill_chunk or max(1, prompt_tokens))
     activations = 4 * chunk * activation_floats_per_token(spec)
-    span = context if t.prefill_chunk else chunk  # a whole-prompt prefill attends over the prompt only
-    scores = 4 * chunk * spec.num_attention_heads * span if t.materializes_scores else 0
+    # a chunk at the end of a full context attends over all of it (onnxruntime-genai's GroupQueryAttention sizes
+    # its probabilities by max_length and touches the filled part: benchmarks/README.md, memory against context)
+    scores = 4 * chunk * spec.num_attention_heads * context if t.materializes_scores else 0
+    # llama.cpp's mask over the cache: n_kv x n_ubatch, f16 with flash attention (measured: 2.3-2.6 bytes a cell
+    # with the f32 input it is cast from reused), for the full layers and the sliding ring
+    mask = 2 * chunk * (_pad(context, LLAMACPP_PAD) + _pad(spec.sliding_window + chunk, LLAMACPP_PAD)) \
+        if t.weight_format == "gguf" else 0
     prompt = min(context, max(1, prompt_tokens))
     if t.logits_per_position:  # the prompt's rows, and a chunk's own rows while a long prompt fills them
         logits_rows = prompt + (chunk if prompt > chunk else 0)
@@ -291,7 +300,7 @@ def scratch_bytes(spec: ModelSpec, context: int, engine: str, expert_bytes: int,
         logits_rows = 1
     logits = 4 * spec.vocab_size * logits_rows
     stream_buffer = spec.num_experts_per_tok * expert_bytes if t.miss_buffer else 0
-    return activations + scores + logits + stream_buffer
+    return activations + scores + mask + logits + stream_buffer
 
 
 def overhead_bytes(engine: str, platform: str) -> int:

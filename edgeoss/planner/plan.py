@@ -76,6 +76,7 @@ from .memory import (DENSE_TYPES, F32_BYTES, GPU_CONTEXT_BYTES, KV_TYPES, STREAM
                      engine_traits, kv_cache, overhead_bytes, resident_dense_bytes, scratch_bytes, stream_ubatch,
                      weight_bytes)
 from .kernels import SLOW_FRACTION, expert_kernel
+from .measured import measured_context
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
 from .predict import Calibration, Layout, Prediction, predict, read_latency_s, uniform_misses_per_token
 from .profiles import CPU_ISAS, DeviceProfile
@@ -274,7 +275,8 @@ def make_plan(req: PlanRequest) -> dict:
             "alternatives": [], "advice": []}
     if not result.fits:
         plan["alternatives"] = alternatives(req)
-        plan["advice"] = _does_not_fit_advice(req, result, plan["alternatives"])
+        plan["advice"] = _does_not_fit_advice(req, result, plan["alternatives"]) + \
+            _kv_advice(req, result.memory["ram_bytes"])
         if _kernel_is_slow(req):  # and what it would run at with the memory
             everything = dataclasses.replace(result, resident_slots=req.spec.num_hidden_layers
                                              * req.spec.num_local_experts)
@@ -285,7 +287,8 @@ def make_plan(req: PlanRequest) -> dict:
     total = req.spec.num_hidden_layers * req.spec.num_local_experts
     plan["fits_in_ram"] = placement.slots == total
     plan["experts"] = _experts_section(req, placement)
-    plan["prediction"] = prediction.as_dict() | {"calibration": dataclasses.asdict(req.calibration)}
+    plan["prediction"] = prediction.as_dict() | {"calibration": dataclasses.asdict(req.calibration),
+                                                 "uncertainty": speed_uncertainty(req)}
     plan["engines"] = engine_settings(req, placement)
     if engine_traits(req.engine).weight_format == "onnx":
         plan["engines"]["ortgenai"]["by_isa"] = _by_isa(req, result)
@@ -483,9 +486,31 @@ def llamacpp_stream_settings(req: PlanRequest, placement: ExpertPlacement) -> di
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
+# How far decode and TTFT predictions have been found from measurements (stated, with where it was measured):
+# - uncalibrated, published or `profiles measure` figures: 1.3-2.1x optimistic on this project's 2-core x86 VM
+#   (issue 22: the reference runtime at 10 GiB predicted 2.94 tok/s against 1.42 measured, and 1.99-2.54
+#   against 1.52-1.54 with fresh measured profiles), so +/-50 %;
+# - calibrated with one run on the device: within 6 % at 4-10 GiB, 15 % at 12 GiB (issue 10), so +/-15 %.
+UNCALIBRATED_UNCERTAINTY = 0.5
+CALIBRATED_UNCERTAINTY = 0.15
+
+
+def speed_uncertainty(req: PlanRequest) -> dict:
+    """The stated uncertainty of the plan's decode and TTFT predictions (see the constants above)."""
+    if req.calibration != Calibration():
+        return {"fraction": CALIBRATED_UNCERTAINTY,
+                "why": "calibrated with a run on the device (issue 10: within 6-15 % at 4-12 GiB)"}
+    return {"fraction": UNCALIBRATED_UNCERTAINTY,
+            "why": f"uncalibrated {req.device.name} figures (issue 22: 1.3-2.1x optimistic on a measured host); "
+                   "`--calibrate` with one run on the device narrows it"}
+
+
 def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profile") -> Calibration:
     """Efficiencies that make the roofline reproduce a measured decode speed (`edgeoss profile --json` of the
-    same engine on the device), at the profile's context.
+    same engine on the device), at the context it ran with (`measured.measured_context`).
+
+    Misses: the measured misses per token over the plan's own figure for that run (its placement and popularity
+    model) become `miss_scale`, which scales the plan's misses wherever it predicts at this device.
 
     Flash: when the engine timed its misses (the reference's `decode_miss_seconds_per_token`: reading, dropping
     the page cache, building the expert), the flash efficiency is set so that the predicted flash time of the
@@ -494,7 +519,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     the non-flash part of the prediction becomes exactly the measured one."""
     try:
         measured_s = 1.0 / float(result["decode_tok_s"]["median"])
-        context = int(result["prompt_tokens"]) + int(result["gen_tokens"])
+        context = measured_context(result, req.spec)
         stats = result.get("engine_stats") or {}
         read_per_token = float(stats.get("decode_bytes_read_per_token", result["disk_read_bytes_per_decode_token"]))
         miss_s = float(stats.get("decode_miss_seconds_per_token") or 0.0)
@@ -502,7 +527,7 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
         raise UsageError(f"{where}: not an `edgeoss profile --json` result ({e!r} missing or invalid)") from None
     if result.get("engine") != req.engine:
         raise UsageError(f"{where}: measured the {result.get('engine')!r} engine; the plan is for {req.engine!r}")
-    at = req.replace(context=min(max(1, context), req.spec.max_position_embeddings), calibration=Calibration())
+    at = req.replace(context=context, calibration=Calibration())
     w = weight_bytes(at.spec, at.dense_type, at.engine)
     misses = read_per_token / w.expert
     base = at.calibration
@@ -512,8 +537,11 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
         base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
     p = predict(at.spec, w, _kv(at), at.device, _layout(at, fit(at), misses), 0, 1, base)
     r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
+    planned = fit(at)
+    predicted_misses = _place_and_predict(at, planned)[1].misses_per_token if planned.fits else 0.0
     return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
-                               compute_efficiency=min(1.0, base.compute_efficiency * r))
+                               compute_efficiency=min(1.0, base.compute_efficiency * r),
+                               miss_scale=misses / predicted_misses if predicted_misses > 0 and misses > 0 else 1.0)
 
 
 def load_calibration(path: str | Path, req: PlanRequest) -> Calibration:
@@ -625,6 +653,7 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
     if req.engine == "llamacpp" and plan["memory"]["repack_copy_bytes"]:
         advice.append(f"use_mmap costs a second copy of {human(plan['memory']['repack_copy_bytes'])} of experts "
                       "(llama.cpp repacks MXFP4 on AVX2/NEON CPUs); --no-mmap loads them once")
+    advice += _kv_advice(req, plan["memory"]["ram_bytes"])
     limit = req.device.max_file_bytes
     if limit is not None and w.dense + w.experts_total > limit:
         shards = -(-(w.dense + w.experts_total) // limit)
@@ -632,6 +661,35 @@ def _advice(req: PlanRequest, plan: dict, p: Prediction) -> list[str]:
                       f"app storage accepts ({human(limit)}): split them into {shards}+ files "
                       f"(GGUF: export with --split-max-size {limit})")
     return advice
+
+
+KV_ADVICE_SHARE = 0.05  # the KV cache is named in the advice once it is this share of the plan's RAM
+
+
+def _kv_advice(req: PlanRequest, ram: int) -> list[str]:
+    """What the KV cache costs on this engine at this context, and the settings that shrink it (benchmarks/README.md,
+    memory against context: each engine's KV as allocated, measured)."""
+    kv = _kv(req)
+    if kv.total_bytes < KV_ADVICE_SHARE * ram:
+        return []
+    engine, kv_type = engine_traits(req.engine), engine_kv_type(req.engine, req.kv_type)
+    head = f"KV cache {human(kv.total_bytes)} at context {req.context} ({100 * kv.total_bytes / ram:.0f} % of RAM): "
+    if engine.weight_format == "gguf":
+        text = (f"{head}{kv_type}, {len(req.spec.full_layers)} full layers x {kv.full_cells} cells "
+                f"{human(kv.full_bytes)}, sliding layers a ring of {kv.sliding_cells} cells {human(kv.sliding_bytes)} "
+                "(keep swa_full off: llama.cpp's library default, --swa-full, gives them n_ctx cells, "
+                f"{human(kv_cache(req.spec, req.context, kv_type, req.engine, swa_full=True).sliding_bytes)})")
+        if kv_type != "q8_0":
+            q8 = kv_cache(req.spec, req.context, "q8_0", req.engine).total_bytes
+            text += f"; -ctk q8_0 -ctv q8_0 makes it {human(q8)}"
+        return [text + "; a smaller -c shrinks the full layers"]
+    if engine.weight_format == "onnx":
+        return [f"{head}onnxruntime-genai preallocates search.max_length = {req.context} cells of float32 in every "
+                f"layer, the sliding ones too ({len(req.spec.sliding_layers)} of them: "
+                f"{human(kv.sliding_bytes)} for a window of {req.spec.sliding_window}); set max_length (export "
+                "--max-length, or genai_config.json) to the longest conversation the app needs"]
+    return [f"{head}the reference runtime keeps float32 keys and values ({kv_type} whatever --kv-type says), "
+            f"written as positions arrive: a shorter conversation holds less; --context sets the most it may hold"]
 
 
 def _exact_dense_advice(req: PlanRequest, ram: int) -> list[str]:

@@ -50,10 +50,14 @@ class Calibration:
     memory_efficiency: float = 0.55
     flash_efficiency: float = 0.8
     compute_efficiency: float = 1.0
+    # measured misses per token / the plan's own figure for the same run (its placement and popularity model);
+    # not an efficiency: any positive number
+    miss_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> "Calibration":
-        """From {memory_efficiency, flash_efficiency, compute_efficiency} (any of them; 0 < x <= 1)."""
+        """From {memory_efficiency, flash_efficiency, compute_efficiency} (any of them; 0 < x <= 1) and
+        miss_scale (> 0)."""
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or not known & set(data):
             raise UsageError(f"{where}: expected a JSON object with any of {', '.join(sorted(known))} "
@@ -61,8 +65,10 @@ class Calibration:
         values = {}
         for key in known & set(data):
             value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise UsageError(f"{where}: {key} = {value!r}: expected a number in (0, 1]")
+            ceiling = float("inf") if key == "miss_scale" else 1
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= ceiling:
+                raise UsageError(f"{where}: {key} = {value!r}: expected a number in "
+                                 f"{'(0, inf)' if key == 'miss_scale' else '(0, 1]'}")
             values[key] = float(value)
         return cls(**values)
 
@@ -124,7 +130,7 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
             resident_bytes: int, prompt_tokens: int, cal: Calibration) -> Prediction:
     layers, k, experts = spec.num_hidden_layers, spec.num_experts_per_tok, spec.num_local_experts
     per_token = layers * k
-    misses = min(float(per_token), max(0.0, layout.misses_per_token))
+    misses = min(float(per_token), max(0.0, layout.misses_per_token * cal.miss_scale))
     hits = per_token - misses
     gpu_share = layout.gpu_expert_layers / layers
     expert_params = sizes(spec).params_per_expert

@@ -38,10 +38,42 @@ SEQ_BLOCK, RANDOM_BLOCK = 4 * MIB, 4096
 
 
 @dataclass(frozen=True)
+class Stable:
+    """A figure measured until its last three repeats agree: their median, and the spread of all repeats."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+
+    @property
+    def spread(self) -> float:
+        """Half the range over the median (0.05: +/-5 %)."""
+        return (self.high - self.low) / 2 / self.median if self.median else 0.0
+
+    def note(self) -> str:
+        return f"median of {self.repeats} repeats, spread +/-{100 * self.spread:.0f} %"
+
+
+def stable(measure_once, tolerance: float = 0.05, least: int = 3, most: int = 10) -> Stable:
+    """Repeat `measure_once()` (a positive figure) until the last three lie within +/-tolerance of their median,
+    at most `most` times."""
+    values: list[float] = []
+    while len(values) < most:
+        values.append(float(measure_once()))
+        last = sorted(values[-3:])
+        if len(values) >= least and (last[-1] - last[0]) / 2 <= tolerance * last[1]:
+            break
+    last = sorted(values[-3:])
+    return Stable(last[1], min(values), max(values), len(values))
+
+
+@dataclass(frozen=True)
 class Measured:
     profile: DeviceProfile
     comments: dict[str, str]  # profile key -> how it was measured
     matvec_gb_s: float
+    spreads: dict[str, float]  # profile key -> its repeats' spread (0.05: +/-5 %)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -52,15 +84,17 @@ def _parallel_sum(values):
     return total
 
 
-def memory_bandwidth_gb_s(nbytes: int = 256 * MIB, repeats: int = 3) -> float:
+def memory_bandwidth_gb_s(nbytes: int = 256 * MIB) -> Stable:
+    """A parallel sum over an nbytes float32 array (all threads), repeated until stable."""
     values = np.ones(nbytes // 4, dtype=np.float32)
     _parallel_sum(values[:1024])  # compile outside the timing
-    best = np.inf
-    for _ in range(repeats):
+
+    def once() -> float:
         start = time.perf_counter()
         _parallel_sum(values)
-        best = min(best, time.perf_counter() - start)
-    return nbytes / best / 1e9
+        return nbytes / (time.perf_counter() - start) / 1e9
+
+    return stable(once)
 
 
 def _aligned_buffer(nbytes: int) -> mmap.mmap:
@@ -117,8 +151,10 @@ def flash_read_mb_s(folder: Path, nbytes: int, random_seconds: float = 1.0) -> t
     return seq, min(rnd, seq), direct
 
 
-def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, batch: int = 64) -> tuple[float, float]:
-    """(decode matvec GB/s of MXFP4 weights, batched GFLOP/s) with the reference runtime's kernel."""
+def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, batch: int = 64) \
+        -> tuple[Stable, Stable]:
+    """(decode matvec GB/s of MXFP4 weights, batched GFLOP/s) with the reference runtime's kernel on gpt-oss-20b's
+    expert shapes, each repeated until stable."""
     from edgeoss.runtimes.kernels import mxfp4_matmul
 
     rng = np.random.default_rng(0)
@@ -128,14 +164,19 @@ def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, bat
     x1 = rng.standard_normal((1, hidden)).astype(np.float32)
     xb = rng.standard_normal((batch, hidden)).astype(np.float32)
     mxfp4_matmul(x1, blocks[0], scales[0])  # compile
-    start = time.perf_counter()
-    for e in range(experts):
-        mxfp4_matmul(x1, blocks[e], scales[e])
-    matvec = (blocks.nbytes + scales.nbytes) / (time.perf_counter() - start) / 1e9
-    start = time.perf_counter()
-    mxfp4_matmul(xb, blocks[0], scales[0])
-    gflops = 2 * rows * hidden * batch / (time.perf_counter() - start) / 1e9
-    return matvec, gflops
+
+    def matvec() -> float:
+        start = time.perf_counter()
+        for e in range(experts):
+            mxfp4_matmul(x1, blocks[e], scales[e])
+        return (blocks.nbytes + scales.nbytes) / (time.perf_counter() - start) / 1e9
+
+    def batched() -> float:
+        start = time.perf_counter()
+        mxfp4_matmul(xb, blocks[0], scales[0])
+        return 2 * rows * hidden * batch / (time.perf_counter() - start) / 1e9
+
+    return stable(matvec), stable(batched)
 
 
 def this_platform() -> str:
@@ -193,19 +234,22 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
                                f"measured by edgeoss on {time.strftime('%Y-%m-%d')}", platform=this_platform(), cpu_arch=this_cpu_arch(),
         cpu_isa=isa,
         ram_bytes=vm.total, app_budget_bytes=min(vm.total, int(0.9 * vm.available)),
-        memory_bandwidth_gb_s=round(bandwidth, 1), flash_seq_read_mb_s=round(seq), flash_random_read_mb_s=round(rnd, 1),
-        cpu_threads=os.cpu_count() or 1, cpu_gflops=round(gflops, 1), max_file_bytes=limit)
+        memory_bandwidth_gb_s=round(bandwidth.median, 1), flash_seq_read_mb_s=round(seq),
+        flash_random_read_mb_s=round(rnd, 1), cpu_threads=os.cpu_count() or 1, cpu_gflops=round(gflops.median, 1),
+        max_file_bytes=limit)
     comments = {
         "cpu_isa": isa_how,
         "ram": "measured: psutil.virtual_memory().total",
         "app_budget": f"measured: 90 % of the memory available at measurement time "
                       f"({vm.available / 2**30:.1f} GiB available)",
-        "memory_bandwidth_gb_s": "measured: parallel sum over a float32 array, best of 3 (numba, all threads)",
+        "memory_bandwidth_gb_s": f"measured: parallel sum over a float32 array (numba, all threads), "
+                                 f"{bandwidth.note()}",
         "flash_seq_read_mb_s": f"measured: {disk_bytes // MIB} MiB temporary file in {folder}, 4 MiB reads, {how}",
         "flash_random_read_mb_s": f"measured: 4 KiB reads at random offsets of the same file, {how}",
         "cpu_threads": "measured: os.cpu_count()",
-        "cpu_gflops": f"measured: reference runtime MXFP4 kernel, batched matmul (decode matvec: {matvec:.2f} GB/s "
-                      "of MXFP4 weights)",
+        "cpu_gflops": f"measured: reference runtime MXFP4 kernel, batched matmul, {gflops.note()} (decode matvec: "
+                      f"{matvec.median:.2f} GB/s of MXFP4 weights, {matvec.note()})",
         "max_file": "measured: file system type of the measured folder (FAT: 4 GiB - 1)",
     }
-    return Measured(profile, comments, matvec)
+    spreads = {"memory_bandwidth_gb_s": bandwidth.spread, "cpu_gflops": gflops.spread}
+    return Measured(profile, comments, matvec.median, spreads)

@@ -1,5 +1,6 @@
 // JNI bridge between the demo's Kotlin code (org.edgeoss.demo.LlamaEngine) and llama.cpp: load the
 // bundle's GGUF memory-mapped, run one harmony prompt, stream each sampled token's id and bytes to Kotlin.
+// A prompt that extends the last one (the next turn, a tool's result) reuses the KV cache's common prefix.
 // With an expert budget the experts stream from the file through the expert store (expert_store.h).
 #include <jni.h>
 #include <android/log.h>
@@ -33,7 +34,27 @@ struct Session {
     llama_model_ptr model;
     llama_context_ptr ctx;  // declared after model: destroyed first
     int n_batch;
+    size_t reused = 0;                // how many prompt tokens the last generate kept from the cache
+    std::vector<llama_token> cached;  // the tokens whose keys and values sequence 0 holds, positions 0..n-1
 };
+
+// How many leading tokens of `tokens` the KV cache already holds and can keep: the common prefix with what
+// it holds (at least one token is left to decode, for its logits), or 0 when the sliding layers' ring has
+// already dropped positions that the next token still attends to. The rest of the cache is removed.
+size_t reuse_prefix(Session *session, const std::vector<llama_token> &tokens) {
+    llama_memory_t memory = llama_get_memory(session->ctx.get());
+    const std::vector<llama_token> &cached = session->cached;
+    size_t keep = std::mismatch(cached.begin(), cached.end(), tokens.begin(),
+                                tokens.begin() + std::min(cached.size(), tokens.size())).first - cached.begin();
+    keep = std::min(keep, tokens.size() - 1);
+    const llama_pos window = llama_model_n_swa(session->model.get());
+    const llama_pos oldest_needed = std::max<llama_pos>(0, (llama_pos) keep - window);
+    if (keep > 0 && llama_memory_seq_pos_min(memory, 0) > oldest_needed) keep = 0;
+    if (keep > 0 && !llama_memory_seq_rm(memory, 0, (llama_pos) keep, -1)) keep = 0;
+    if (keep == 0) llama_memory_clear(memory, false);
+    session->cached.resize(keep);
+    return keep;
+}
 
 void log_to_logcat(ggml_log_level level, const char *text, void *) {
     const int prio = level == GGML_LOG_LEVEL_ERROR ? ANDROID_LOG_ERROR
@@ -83,6 +104,71 @@ bool store_ok(JNIEnv *env, const Session *session) {
     return false;
 }
 
+// Decodes `tokens` (the prompt) and samples until the sink returns false, <|return|> or <|call|>, or the
+// context is full; returns the number of tokens generated. With `reuse` the KV cache keeps its common prefix
+// with the prompt (reuse_prefix); otherwise it starts empty.
+int generate(JNIEnv *env, Session *session, const std::vector<llama_token> &tokens, jfloat temperature,
+             jboolean reuse, jobject sink) {
+    llama_context *ctx = session->ctx.get();
+    const llama_vocab *vocab = llama_model_get_vocab(session->model.get());
+    const int n_ctx = (int) llama_n_ctx(ctx);
+    if (tokens.empty() || (int) tokens.size() >= n_ctx) {
+        throw_java(env, "java/lang/IllegalArgumentException",
+                   "the prompt is " + std::to_string(tokens.size()) + " tokens; the context holds " +
+                   std::to_string(n_ctx));
+        return 0;
+    }
+
+    // With reuse, the cache keeps what it holds of this prompt (a conversation's earlier turns, a tool call
+    // before its result); otherwise it starts empty. The rest is fed n_batch tokens at a time.
+    if (!reuse) {
+        llama_memory_clear(llama_get_memory(ctx), false);
+        session->cached.clear();
+    }
+    session->reused = reuse ? reuse_prefix(session, tokens) : 0;
+    for (size_t i = session->reused; i < tokens.size(); i += session->n_batch) {
+        const int n = std::min<int>(session->n_batch, (int) (tokens.size() - i));
+        if (llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(tokens.data()) + i, n)) != 0 || !store_ok(env, session)) {
+            session->cached.clear();
+            llama_memory_clear(llama_get_memory(ctx), false);
+            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed on the prompt");
+            return 0;
+        }
+        session->cached.insert(session->cached.end(), tokens.begin() + i, tokens.begin() + i + n);
+    }
+
+    llama_sampler_ptr sampler(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (temperature <= 0) {
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_greedy());
+    } else {
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_temp(temperature));
+        llama_sampler_chain_add(sampler.get(), llama_sampler_init_dist(LLAMA_DEFAULT_SEED));
+    }
+
+    const jmethodID on_token = env->GetMethodID(env->GetObjectClass(sink), "onToken", "(I[B)Z");
+    int n_past = (int) tokens.size();
+    int generated = 0;
+    while (n_past < n_ctx) {
+        llama_token token = llama_sampler_sample(sampler.get(), ctx, -1);
+        const std::string bytes = piece(vocab, token);
+        jbyteArray jbytes = env->NewByteArray((jsize) bytes.size());
+        env->SetByteArrayRegion(jbytes, 0, (jsize) bytes.size(), reinterpret_cast<const jbyte *>(bytes.data()));
+        const jboolean keep_going = env->CallBooleanMethod(sink, on_token, (jint) token, jbytes);
+        env->DeleteLocalRef(jbytes);
+        generated++;
+        if (env->ExceptionCheck() || !keep_going || token == kReturn || token == kCall) break;
+        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0 || !store_ok(env, session)) {
+            session->cached.clear();
+            llama_memory_clear(llama_get_memory(ctx), false);
+            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed while generating");
+            break;
+        }
+        session->cached.push_back(token);
+        n_past++;
+    }
+    return generated;
+}
+
 }  // namespace
 
 extern "C" JNIEXPORT void JNICALL
@@ -117,6 +203,10 @@ Java_org_edgeoss_demo_LlamaEngine_nativeLoad(JNIEnv *env, jobject, jstring jpath
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    // The sliding layers keep a ring of window + n_ubatch cells, not n_ctx (llama.cpp's library default is the
+    // full-size SWA cache: at 20b and 32k that is 0.75 GiB more on the phone). A reused prefix is checked
+    // against the ring (reuse_prefix).
+    cp.swa_full = false;
 
     std::unique_ptr<edgeoss::ExpertStore> store;
     if (expert_budget > 0) {
@@ -150,7 +240,7 @@ Java_org_edgeoss_demo_LlamaEngine_nativeLoad(JNIEnv *env, jobject, jstring jpath
                    "llama.cpp could not create a " + std::to_string(n_ctx) + "-token context (logcat tag: edgeoss)");
         return 0;
     }
-    return reinterpret_cast<jlong>(new Session{std::move(store), std::move(model), std::move(ctx), n_batch});
+    return reinterpret_cast<jlong>(new Session{std::move(store), std::move(model), std::move(ctx), n_batch, 0, {}});
 }
 
 // The expert store's counters: hits, misses, bytes read, read ns, resident bytes, peak bytes, budget,
@@ -176,59 +266,30 @@ Java_org_edgeoss_demo_LlamaEngine_nativeStoreStats(JNIEnv *env, jobject, jlong h
 
 extern "C" JNIEXPORT jint JNICALL
 Java_org_edgeoss_demo_LlamaEngine_nativeGenerate(JNIEnv *env, jobject, jlong handle, jbyteArray jprompt,
-                                                 jfloat temperature, jobject sink) {
+                                                 jfloat temperature, jboolean reuse, jobject sink) {
     auto *session = reinterpret_cast<Session *>(handle);
-    llama_context *ctx = session->ctx.get();
-    const llama_vocab *vocab = llama_model_get_vocab(session->model.get());
-
     std::string prompt((size_t) env->GetArrayLength(jprompt), '\0');
     env->GetByteArrayRegion(jprompt, 0, (jsize) prompt.size(), reinterpret_cast<jbyte *>(prompt.data()));
     std::vector<llama_token> tokens;
-    const int n_ctx = (int) llama_n_ctx(ctx);
-    if (!tokenize(vocab, prompt, tokens) || tokens.empty() || (int) tokens.size() >= n_ctx) {
-        throw_java(env, "java/lang/IllegalArgumentException",
-                   "the prompt is " + std::to_string(tokens.size()) + " tokens; the context holds " +
-                   std::to_string(n_ctx));
+    if (!tokenize(llama_model_get_vocab(session->model.get()), prompt, tokens)) {
+        throw_java(env, "java/lang/IllegalArgumentException", "the prompt cannot be tokenized");
         return 0;
     }
+    return generate(env, session, tokens, temperature, reuse, sink);
+}
 
-    // One turn per call: start from an empty KV cache, then feed the prompt n_batch tokens at a time.
-    llama_memory_clear(llama_get_memory(ctx), false);
-    for (size_t i = 0; i < tokens.size(); i += session->n_batch) {
-        const int n = std::min<int>(session->n_batch, (int) (tokens.size() - i));
-        if (llama_decode(ctx, llama_batch_get_one(tokens.data() + i, n)) != 0 || !store_ok(env, session)) {
-            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed on the prompt");
-            return 0;
-        }
-    }
+// The same from token ids (the benchmark protocol's random prompt, as `edgeoss profile` makes it).
+extern "C" JNIEXPORT jint JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeGenerateIds(JNIEnv *env, jobject, jlong handle, jintArray jprompt,
+                                                    jfloat temperature, jboolean reuse, jobject sink) {
+    std::vector<llama_token> tokens((size_t) env->GetArrayLength(jprompt));
+    env->GetIntArrayRegion(jprompt, 0, (jsize) tokens.size(), reinterpret_cast<jint *>(tokens.data()));
+    return generate(env, reinterpret_cast<Session *>(handle), tokens, temperature, reuse, sink);
+}
 
-    llama_sampler_ptr sampler(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    if (temperature <= 0) {
-        llama_sampler_chain_add(sampler.get(), llama_sampler_init_greedy());
-    } else {
-        llama_sampler_chain_add(sampler.get(), llama_sampler_init_temp(temperature));
-        llama_sampler_chain_add(sampler.get(), llama_sampler_init_dist(LLAMA_DEFAULT_SEED));
-    }
-
-    const jmethodID on_token = env->GetMethodID(env->GetObjectClass(sink), "onToken", "(I[B)Z");
-    int n_past = (int) tokens.size();
-    int generated = 0;
-    while (n_past < n_ctx) {
-        llama_token token = llama_sampler_sample(sampler.get(), ctx, -1);
-        const std::string bytes = piece(vocab, token);
-        jbyteArray jbytes = env->NewByteArray((jsize) bytes.size());
-        env->SetByteArrayRegion(jbytes, 0, (jsize) bytes.size(), reinterpret_cast<const jbyte *>(bytes.data()));
-        const jboolean keep_going = env->CallBooleanMethod(sink, on_token, (jint) token, jbytes);
-        env->DeleteLocalRef(jbytes);
-        generated++;
-        if (env->ExceptionCheck() || !keep_going || token == kReturn || token == kCall) break;
-        if (llama_decode(ctx, llama_batch_get_one(&token, 1)) != 0 || !store_ok(env, session)) {
-            if (!env->ExceptionCheck()) throw_java(env, "java/lang/IllegalStateException", "llama_decode failed while generating");
-            break;
-        }
-        n_past++;
-    }
-    return generated;
+extern "C" JNIEXPORT jint JNICALL
+Java_org_edgeoss_demo_LlamaEngine_nativeReusedTokens(JNIEnv *, jobject, jlong handle) {
+    return (jint) reinterpret_cast<Session *>(handle)->reused;
 }
 
 extern "C" JNIEXPORT void JNICALL

@@ -24,8 +24,16 @@ public final class LlamaEngine implements AutoCloseable {
                 nUbatch);
     }
 
-    public int generate(byte[] prompt, float temperature, TokenSink sink) {
-        return nativeGenerate(handle, prompt, temperature, sink);
+    public int generate(byte[] prompt, float temperature, boolean reuse, TokenSink sink) {
+        return nativeGenerate(handle, prompt, temperature, reuse, sink);
+    }
+
+    public int generateIds(int[] prompt, float temperature, boolean reuse, TokenSink sink) {
+        return nativeGenerateIds(handle, prompt, temperature, reuse, sink);
+    }
+
+    public int reusedTokens() {
+        return nativeReusedTokens(handle);
     }
 
     public long[] storeStats() {
@@ -46,7 +54,11 @@ public final class LlamaEngine implements AutoCloseable {
                                    boolean useMlock, int nBatch, boolean flashAttn, long expertBudget,
                                    int[] pinnedPairs, int nUbatch);
 
-    private native int nativeGenerate(long handle, byte[] prompt, float temperature, TokenSink sink);
+    private native int nativeGenerate(long handle, byte[] prompt, float temperature, boolean reuse, TokenSink sink);
+
+    private native int nativeGenerateIds(long handle, int[] prompt, float temperature, boolean reuse, TokenSink sink);
+
+    private native int nativeReusedTokens(long handle);
 
     private native long[] nativeStoreStats(long handle);
 

@@ -35,13 +35,27 @@ class LlamaEngine(nativeLibDir: String) : AutoCloseable {
     }
 
     /**
-     * Runs one harmony [prompt] (ending in `<|start|>assistant`) from an empty context until the sink
-     * returns false, `<|return|>` or `<|call|>` is sampled, or the context is full. Returns the number
-     * of tokens generated. A temperature of 0 samples greedily.
+     * Runs one harmony [prompt] (ending in `<|start|>assistant`) until the sink returns false, `<|return|>` or
+     * `<|call|>` is sampled, or the context is full. Returns the number of tokens generated. A temperature of 0
+     * samples greedily. With [reuse] the KV cache keeps its common prefix with [prompt] (a conversation's next
+     * turn, a tool's result after the call), so only the new tokens are computed; [reusedTokens] says how many
+     * were kept. Without it the context starts empty (a cold run).
      */
-    fun generate(prompt: String, temperature: Float, sink: TokenSink): Int {
+    fun generate(prompt: String, temperature: Float, reuse: Boolean, sink: TokenSink): Int {
         check(isLoaded) { "no model loaded" }
-        return nativeGenerate(handle, prompt.toByteArray(Charsets.UTF_8), temperature, sink)
+        return nativeGenerate(handle, prompt.toByteArray(Charsets.UTF_8), temperature, reuse, sink)
+    }
+
+    /** [generate] from token ids (the benchmark protocol's random prompt, as `edgeoss profile` makes it). */
+    fun generateIds(prompt: IntArray, temperature: Float, reuse: Boolean, sink: TokenSink): Int {
+        check(isLoaded) { "no model loaded" }
+        return nativeGenerateIds(handle, prompt, temperature, reuse, sink)
+    }
+
+    /** How many prompt tokens the last [generate] took from the KV cache instead of computing them. */
+    fun reusedTokens(): Int {
+        check(isLoaded) { "no model loaded" }
+        return nativeReusedTokens(handle)
     }
 
     /** The expert store's counters so far, or null when the model runs without one. */
@@ -64,7 +78,13 @@ class LlamaEngine(nativeLibDir: String) : AutoCloseable {
         nBatch: Int, flashAttn: Boolean, expertBudget: Long, pinnedPairs: IntArray?, nUbatch: Int,
     ): Long
 
-    private external fun nativeGenerate(handle: Long, prompt: ByteArray, temperature: Float, sink: TokenSink): Int
+    private external fun nativeGenerate(handle: Long, prompt: ByteArray, temperature: Float, reuse: Boolean,
+                                        sink: TokenSink): Int
+
+    private external fun nativeGenerateIds(handle: Long, prompt: IntArray, temperature: Float, reuse: Boolean,
+                                           sink: TokenSink): Int
+
+    private external fun nativeReusedTokens(handle: Long): Int
 
     private external fun nativeStoreStats(handle: Long): LongArray
 

@@ -110,11 +110,16 @@ public final class BundleManifest {
     public final ExpertStoreSettings expertStore;
     /** Relative path of plan.json, or null when the manifest names none. */
     public final String planFile;
+    /**
+     * Relative path of the tools' developer-message section (openai-harmony's rendering of the bundle's
+     * tools.json, written by {@code package android --tools}), or null when the bundle declares no tools.
+     */
+    public final String toolsSectionFile;
 
     private BundleManifest(String modelName, long paramsTotal, long paramsActive, int context,
                            List<FileEntry> files, long minFreeRamBytes,
                            String modelFile, EngineSettings settings, ExpertStoreSettings expertStore,
-                           String planFile) {
+                           String planFile, String toolsSectionFile) {
         this.modelName = modelName;
         this.paramsTotal = paramsTotal;
         this.paramsActive = paramsActive;
@@ -125,6 +130,7 @@ public final class BundleManifest {
         this.settings = settings;
         this.expertStore = expertStore;
         this.planFile = planFile;
+        this.toolsSectionFile = toolsSectionFile;
     }
 
     public static BundleManifest parse(String json) throws BundleException {
@@ -175,8 +181,12 @@ public final class BundleManifest {
         }
 
         String planFile = root.has("plan") ? root.str("plan") : null;
+        String toolsSection = root.has("tools") ? root.obj("tools").str("developer_section") : null;
+        if (toolsSection != null && files.stream().noneMatch(f -> f.path.equals(toolsSection))) {
+            throw root.obj("tools").fail("developer_section", "names '" + toolsSection + "', which is not listed in 'files'");
+        }
         return new BundleManifest(model.str("name"), model.lng("params_total", 0), model.lng("params_active", 0),
-                context, files, minFree, modelFile, settings, store, planFile);
+                context, files, minFree, modelFile, settings, store, planFile, toolsSection);
     }
 
     private static List<FileEntry> files(Json.Obj root) throws BundleException {

@@ -196,6 +196,59 @@ public final class Json {
         return new BundleException(source + ": invalid JSON at line " + line + ", column " + col + ": " + what);
     }
 
+    /**
+     * JSON text of a value made of Maps (String keys, written in their order), Lists, Strings, Numbers, Booleans
+     * and null. A double that is not finite is written as null.
+     */
+    public static String write(Object value) {
+        StringBuilder sb = new StringBuilder();
+        write(value, sb, "");
+        return sb.append('\n').toString();
+    }
+
+    private static void write(Object value, StringBuilder sb, String indent) {
+        if (value == null || value instanceof Double && !Double.isFinite((Double) value)) {
+            sb.append("null");
+        } else if (value instanceof String) {
+            sb.append(quote((String) value));
+        } else if (value instanceof Number || value instanceof Boolean) {
+            sb.append(value);
+        } else if (value instanceof Map) {
+            String inner = indent + "  ";
+            sb.append('{');
+            String sep = "\n";
+            for (Map.Entry<?, ?> e : ((Map<?, ?>) value).entrySet()) {
+                sb.append(sep).append(inner).append(quote(String.valueOf(e.getKey()))).append(": ");
+                write(e.getValue(), sb, inner);
+                sep = ",\n";
+            }
+            sb.append(sep.equals("\n") ? "}" : "\n" + indent + "}");
+        } else if (value instanceof List) {
+            sb.append('[');
+            String sep = "";
+            for (Object item : (List<?>) value) {
+                sb.append(sep);
+                write(item, sb, indent);
+                sep = ", ";
+            }
+            sb.append(']');
+        } else {
+            throw new IllegalArgumentException("cannot write " + value.getClass().getName() + " as JSON");
+        }
+    }
+
+    /** {@code text} as a JSON string literal (quotes, backslashes and control characters escaped). */
+    public static String quote(String text) {
+        StringBuilder sb = new StringBuilder("\"");
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (c == '"' || c == '\\') sb.append('\\').append(c);
+            else if (c < 0x20) sb.append(String.format("\\u%04x", (int) c));
+            else sb.append(c);
+        }
+        return sb.append('"').toString();
+    }
+
     @SuppressWarnings("unchecked")
     private static Map<String, Object> asMap(Object value) {
         return (Map<String, Object>) value;

@@ -55,6 +55,11 @@ public final class ModelBundle {
         return BundlePaths.resolve(root, manifest.modelFile);
     }
 
+    /** The developer message's tools section the bundle carries (for {@link HarmonyPrompt}), or null for none. */
+    public String toolsSection() throws BundleException, IOException {
+        return manifest.toolsSectionFile == null ? null : read(BundlePaths.resolve(root, manifest.toolsSectionFile));
+    }
+
     private static String read(Path path) throws IOException {
         return new String(Files.readAllBytes(path), StandardCharsets.UTF_8);
     }
