@@ -74,7 +74,8 @@ def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str,
 
     device = replace(device, app_budget_bytes=budget, ram_bytes=max(device.ram_bytes, budget))
     request = PlanRequest(spec, device, args.context, model_source=str(source), engine=engine,
-                          prompt_tokens=args.prompt_tokens, trace=args.router_trace,
+                          prompt_tokens=args.prompt_tokens, decode_positions=args.prompt_tokens + args.gen_tokens,
+                          trace=args.router_trace,
                           trace_source=str(args.trace_path or ""))
     if engine in args.calibrate:
         from edgeoss.planner.plan import load_calibration
@@ -163,10 +164,15 @@ def planned_runs(spec: Any, artifact: Path | None, device: Any, budget: int, eng
         skipped[label] = why_not
         return []
     from edgeoss.planner.plan import make_plan, write_plan
+    from edgeoss.planner.predict import Calibration
 
-    plan = make_plan(plan_request(spec, artifact, device, budget, engine, args))
+    request = plan_request(spec, artifact, device, budget, engine, args)
+    plan = make_plan(request)
+    uncalibrated = make_plan(request.replace(calibration=Calibration()))["prediction"] or {}
     predicted = {"fits": plan["fits"], "ram_bytes": plan["memory"]["ram_bytes"],
                  "decode_tok_s": (plan["prediction"] or {}).get("decode_tok_s"),
+                 "uncalibrated_decode_tok_s": uncalibrated.get("decode_tok_s"),
+                 "calibrated": request.calibration != Calibration(),
                  "ttft_s": (plan["prediction"] or {}).get("ttft_s"),
                  "miss_bytes_per_token": (plan["prediction"] or {}).get("miss_bytes_per_token")}
     runner = "reference" if engine == "reference" else "llamacpp"
@@ -237,6 +243,25 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                  "-" if r["load_s"] is None else f"{r['load_s']:.1f}",
                  "-" if flash is None else f"{flash / 1e6:.1f}", human(r["read_bytes"]), f"{r['wall_s']:.1f}",
                  f"{r['load_avg_before']:.2f}", planned_cell(r["planned"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def error_table(rows: list[dict[str, Any]]) -> str:
+    """Prediction error of every planned run that finished: decode tok/s uncalibrated and calibrated (where the
+    sweep calibrated), and the run's peak against the plan's RAM."""
+    cols = ("engine", "budget", "decode tok/s measured", "uncalibrated: predicted, error", "calibrated: predicted, error",
+            "peak (run)", "plan RAM", "peak error")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        planned, measured = r.get("planned") or {}, r["decode_tok_s"]
+        if r["outcome"] != "ok" or planned.get("uncalibrated_decode_tok_s") is None or not measured:
+            continue
+        raw, cal = planned["uncalibrated_decode_tok_s"], planned["decode_tok_s"]
+        peak = r.get("run_peak_bytes") or r["peak_bytes"]
+        cells = (r["setting"], human(r["budget_bytes"]), f"{measured:.2f}", f"{raw:.2f}, {100 * (raw / measured - 1):+.0f} %",
+                 f"{cal:.2f}, {100 * (cal / measured - 1):+.0f} %" if planned.get("calibrated") else "-",
+                 human(peak), human(planned["ram_bytes"]), f"{100 * (peak / planned['ram_bytes'] - 1):+.1f} %")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -346,6 +371,7 @@ def main() -> None:
             console.print(f"[dim]  {rows[-1]['outcome']}, peak {human(rows[-1]['peak_bytes'])}, "
                           f"{rows[-1]['decode_tok_s']:.2f} tok/s[/dim]")
     print(markdown_table(rows))
+    print("\nprediction error (plan against measured):\n" + error_table(rows))
     for label, why_not in skipped.items():
         print(f"skipped {label}: {why_not}")
     (args.out / "RESULTS.json").write_text(json.dumps({"machine": machine(), "rows": rows, "skipped": skipped},

@@ -512,3 +512,41 @@ def test_the_kv_cache_is_what_each_engine_allocates_and_the_advice_names_what_sh
     assert "KV cache 3.01 GiB at context 65536" in reference and "float32" in reference
     assert not [a for a in make_plan(PlanRequest(spec, load_profile("pixel-9-pro"), 4096,
                                                  engine="llamacpp-stream"))["advice"] if a.startswith("KV cache")]
+
+
+def test_a_measured_profile_predicts_decode_from_the_engines_own_kernel_rates(tmp_path):
+    """A profile with the engines' measured decode rates (`profiles measure`): the dense weights and every routed
+    expert through their matvecs, attention at its own rate (the reference) or as the KV read at the dense rate
+    (llama.cpp), instead of the roofline; a run on the device then scales the rates (rate_scale)."""
+    spec = preset("20b")
+    base = load_profile("pixel-9-pro")
+    rated = dataclasses.replace(base, reference_expert_gb_s=10.0, reference_dense_gb_s=20.0,
+                                reference_attention_gflops=5.0, llamacpp_expert_gb_s=12.0, llamacpp_dense_gb_s=25.0)
+    w, kv = weight_bytes(spec, "bf16", "reference"), kv_cache(spec, 4096, "f32", "reference")
+    weights_s = w.dense_per_token / 20e9 + 96 * w.expert / 10e9
+    attention_s = 4 * spec.q_dim * (12 * kv.full_cells + 12 * kv.sliding_cells) / 5e9
+    p = make_plan(PlanRequest(spec, rated, 4096))["prediction"]
+    assert p["memory_s_per_token"] == pytest.approx(weights_s) and p["compute_s_per_token"] == pytest.approx(attention_s)
+    assert p["decode_s_per_token"] == pytest.approx(weights_s + attention_s + p["flash_s_per_token"])
+    short = make_plan(PlanRequest(spec, rated, 4096, decode_positions=64))["prediction"]  # a run's cache fill
+    kv64 = kv_cache(spec, 64, "f32", "reference")
+    assert short["compute_s_per_token"] == pytest.approx(4 * spec.q_dim * 12 * (kv64.full_cells + kv64.sliding_cells)
+                                                         / 5e9)
+    assert (short["decode_positions"], p["decode_positions"]) == (64, 4096)
+    unrated = make_plan(PlanRequest(spec, base, 4096))["prediction"]
+    assert unrated["decode_tok_s"] != pytest.approx(p["decode_tok_s"], rel=0.01)  # the roofline, as before
+    ws, kvs = weight_bytes(spec, "bf16", "llamacpp-stream"), kv_cache(spec, 4096, "f16", "llamacpp-stream")
+    stream = make_plan(PlanRequest(spec, rated, 4096, engine="llamacpp-stream"))["prediction"]
+    assert stream["memory_s_per_token"] == pytest.approx(ws.dense_per_token / 25e9 + 96 * ws.expert / 12e9)
+    assert stream["compute_s_per_token"] == pytest.approx(kvs.total_bytes / 25e9)
+    # a run that went at half the rates' speed (no misses, the cache filled to the context): calibration halves them
+    measured = {"engine": "reference", "prompt_tokens": 4000, "gen_tokens": 96,
+                "decode_tok_s": {"median": 0.5 / (weights_s + attention_s)}, "disk_read_bytes_per_decode_token": 0.0,
+                "engine_stats": {"decode_bytes_read_per_token": 0.0, "n_ctx": 4096}}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(measured))
+    request = PlanRequest(spec, rated, 4096)
+    calibration = load_calibration(path, request)
+    assert calibration.rate_scale == pytest.approx(0.5, rel=1e-3)
+    calibrated = make_plan(request.replace(calibration=calibration))["prediction"]
+    assert calibrated["memory_s_per_token"] == pytest.approx(2 * weights_s, rel=1e-3)

@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -125,6 +126,11 @@ def test_measure_writes_a_profile_the_planner_accepts(cli, tmp_path):
     assert p.ram_bytes == psutil.virtual_memory().total and 0 < p.app_budget_bytes <= p.ram_bytes
     assert p.memory_bandwidth_gb_s > 0.1 and p.flash_seq_read_mb_s > 1 and p.cpu_gflops > 0
     assert "# measured:" in out.read_text()
+    # each engine's own decode kernels, timed (llama.cpp's through ggml's C API): the plans use these rates
+    for engine in ("reference", "llamacpp-stream"):
+        rates = p.decode_rates(engine)
+        assert rates is not None and rates.expert_gb_s > 0.05 and rates.dense_gb_s > 0.05
+    assert p.reference_attention_gflops > 0.01 and "llama.cpp's ggml mul_mat" in out.read_text()
     planned = json.loads(cli("plan", "--preset", "tiny", "--device", out, "--json", check=True).stdout)
     assert planned["device"]["name"] == "here" and planned["fits"]
 
@@ -141,6 +147,16 @@ def test_measure_reads_the_vector_isa_from_cpuinfo(tmp_path, flags, isa):
     found, how = this_cpu_isa(cpuinfo)
     assert found == isa and str(cpuinfo) in how
     assert this_cpu_isa(tmp_path / "missing")[0] == "avx2"
+
+
+def test_ggml_computes_the_products_it_times():
+    """The timer drives llama.cpp's own ggml through its C API: the product it computes is numpy's."""
+    from edgeoss.runtimes.ggml_compute import matvec_seconds, mul_mat_f32
+
+    rng = np.random.default_rng(0)
+    weight, x = rng.standard_normal((37, 96)).astype(np.float32), rng.standard_normal((3, 96)).astype(np.float32)
+    np.testing.assert_allclose(mul_mat_f32(weight, x, threads=2), x @ weight.T, rtol=1e-5, atol=1e-5)
+    assert 0 < matvec_seconds("mxfp4", 64, 2880, threads=1, matrices=2) < 1
 
 
 def test_measured_figures_repeat_until_stable_and_keep_their_spread():

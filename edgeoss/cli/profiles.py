@@ -64,7 +64,7 @@ def show(name: str, as_json: bool) -> None:
               help="size of the temporary file read back")
 @click.option("--quick", is_flag=True, help="smaller, noisier measurements (seconds instead of ~15 s)")
 def measure(output: Path, name: str, folder: Path, disk_mib: int, quick: bool) -> None:
-    """Measure this machine (RAM, memory and disk bandwidth, MXFP4 kernel speed) and write a profile."""
+    """Measure this machine (RAM, memory and disk bandwidth, each engine's decode kernels) and write a profile."""
     from ..atomic import atomic_file
     from ..validate.device_measure import measure as run
     from ..planner.profiles import profile_toml, read_profile
@@ -77,8 +77,11 @@ def measure(output: Path, name: str, folder: Path, disk_mib: int, quick: bool) -
     p = measured.profile
     err.print(f"wrote {output}: {p.ram_bytes / 2**30:.1f} GiB RAM, {p.memory_bandwidth_gb_s:g} GB/s memory, "
               f"disk {p.flash_seq_read_mb_s:g} MB/s sequential / {p.flash_random_read_mb_s:g} MB/s 4 KiB random, "
-              f"MXFP4 matvec {measured.matvec_gb_s:.2f} GB/s, {p.cpu_gflops:g} GFLOP/s batched (spread: "
-              + ", ".join(f"{k} +/-{100 * v:.0f} %" for k, v in measured.spreads.items()) + ")")
+              f"{p.cpu_gflops:g} GFLOP/s batched; decode kernels: reference MXFP4 {p.reference_expert_gb_s:g} GB/s, "
+              f"bf16 {p.reference_dense_gb_s:g} GB/s, attention {p.reference_attention_gflops:g} GFLOP/s"
+              + (f"; llama.cpp MXFP4 {p.llamacpp_expert_gb_s:g} GB/s, bf16 {p.llamacpp_dense_gb_s:g} GB/s"
+                 if p.llamacpp_expert_gb_s else "; llama.cpp not installed, not timed")
+              + " (spread: " + ", ".join(f"{k} +/-{100 * v:.0f} %" for k, v in measured.spreads.items()) + ")")
 
 
 @profiles.command("import")

@@ -18,7 +18,7 @@ import dataclasses
 from ..errors import UsageError
 from ..formats.spec import PRESETS, ModelSpec
 from .predict import Calibration
-from .profiles import DeviceProfile
+from .profiles import RATE_KEYS, DeviceProfile
 
 MEASUREMENT_KEYS = ("engine", "prompt_tokens", "gen_tokens", "decode_tok_s")
 
@@ -82,7 +82,8 @@ def against(req, measurement: dict) -> dict:
     """The plan for `req` (calibrated or not) at the measurement's context and prompt, against the measurement."""
     from .plan import make_plan
 
-    at = req.replace(context=measured_context(measurement, req.spec), prompt_tokens=int(measurement["prompt_tokens"]))
+    at = req.replace(context=measured_context(measurement, req.spec), prompt_tokens=int(measurement["prompt_tokens"]),
+                     decode_positions=int(measurement["prompt_tokens"]) + int(measurement["gen_tokens"]))
     uncalibrated, calibrated = make_plan(at.replace(calibration=Calibration())), make_plan(at)
     if not calibrated["fits"]:
         raise UsageError(f"the measured run does not fit {req.device.name} by the plan at context {at.context}: "
@@ -112,5 +113,6 @@ def imported_profile(base: DeviceProfile, measurement: dict, calibration: Calibr
         cpu_threads=cores if isinstance(cores, int) and cores > 0 else base.cpu_threads,
         memory_bandwidth_gb_s=base.memory_bandwidth_gb_s * calibration.memory_efficiency / default.memory_efficiency,
         cpu_gflops=base.cpu_gflops * calibration.compute_efficiency / default.compute_efficiency,
+        **{key: getattr(base, key) * calibration.rate_scale for key in RATE_KEYS},
         flash_seq_read_mb_s=seq, flash_random_read_mb_s=1 / (1 / base.flash_random_read_mb_s
                                                              - 1 / base.flash_seq_read_mb_s + 1 / seq))

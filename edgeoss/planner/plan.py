@@ -40,7 +40,8 @@ none removed or renamed without a new version):
     prediction      decode_tok_s, decode_s_per_token, ttft_s, prompt_tokens, load_s, misses_per_token,
                     miss_bytes_per_token, hit_rate, ram_bytes_per_token, gpu_bytes_per_token,
                     memory_s_per_token, compute_s_per_token, flash_s_per_token (see edgeoss/planner/predict.py),
-                    calibration {memory_efficiency, flash_efficiency, compute_efficiency}
+                    calibration {memory_efficiency, flash_efficiency, compute_efficiency, miss_scale, rate_scale},
+                    uncertainty {fraction, why}, decode_positions (the cache fill the decode speed is for)
     engines         llamacpp {n_ctx, n_gpu_layers, n_cpu_moe, use_mmap, use_mlock, flash_attn, swa_full,
                     n_ubatch, n_threads, type_k, type_v, override_tensors ["regex=CPU"], flags [command-line
                     flags], fits, ram_bytes, gpu_bytes}; ortgenai {max_length, past_present_share_buffer,
@@ -108,6 +109,9 @@ class PlanRequest:
     calibration: Calibration = field(default_factory=Calibration)
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     use_mmap: bool | None = None  # llamacpp only; None lets the planner choose
+    # positions in the cache while the predicted tokens decode (None: the whole context, the slowest point); a
+    # measured run is compared at its own (prompt and generated tokens), with memory still planned for the context
+    decode_positions: int | None = None
 
     def __post_init__(self) -> None:
         engine_traits(self.engine)
@@ -288,6 +292,8 @@ def make_plan(req: PlanRequest) -> dict:
     plan["fits_in_ram"] = placement.slots == total
     plan["experts"] = _experts_section(req, placement)
     plan["prediction"] = prediction.as_dict() | {"calibration": dataclasses.asdict(req.calibration),
+                                                 "decode_positions": min(req.context,
+                                                                         req.decode_positions or req.context),
                                                  "uncertainty": speed_uncertainty(req)}
     plan["engines"] = engine_settings(req, placement)
     if engine_traits(req.engine).weight_format == "onnx":
@@ -327,7 +333,6 @@ def _prefill_chunk(req: PlanRequest, p: ExpertPlacement) -> int:
 def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, Prediction]:
     spec = req.spec
     w = weight_bytes(spec, req.dense_type, req.engine)
-    kv = _kv(req)
     placement = _placement(req, result.resident_slots)
     if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
         misses = 0.0
@@ -338,12 +343,20 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
         misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
     resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
     layout = _layout(req, result, misses, _prefill_chunk(req, placement))
-    return placement, predict(spec, w, kv, req.device, layout, resident, req.prompt_tokens, req.calibration)
+    return placement, predict(spec, w, _decode_kv(req), req.device, layout, resident, req.prompt_tokens,
+                              req.calibration)
 
 
 def _kv(req: PlanRequest):
     """The KV cache of the request's engine at its context, in the type that engine really stores."""
     return kv_cache(req.spec, req.context, engine_kv_type(req.engine, req.kv_type), req.engine)
+
+
+def _decode_kv(req: PlanRequest):
+    """The KV cache a decoded token reads: the whole context's, or that of `decode_positions` when given."""
+    if req.decode_positions is None or req.decode_positions >= req.context:
+        return _kv(req)
+    return _kv(req.replace(context=max(1, req.decode_positions)))
 
 
 def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chunk: int | None = None) -> Layout:
@@ -355,7 +368,7 @@ def _layout(req: PlanRequest, result: Fit, misses_per_token: float, prefill_chun
                   reads_per_expert=traits.reads_per_expert,
                   expert_kernel=expert_kernel(req.engine, req.device.cpu_isa),
                   extra_dense_params=_digit_params(req.spec) * (dense_digits.DIGITS - 1)
-                  if traits.weight_format == "onnx" else 0)
+                  if traits.weight_format == "onnx" else 0, rates=req.device.decode_rates(req.engine))
 
 
 def _attention_params(spec: ModelSpec) -> int:
@@ -516,7 +529,8 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     the page cache, building the expert), the flash efficiency is set so that the predicted flash time of the
     measured bytes per token equals that time; otherwise the measured bytes keep the current flash efficiency.
     The rest of the measured time fixes one factor r that scales the memory and compute efficiencies alike, so
-    the non-flash part of the prediction becomes exactly the measured one."""
+    the non-flash part of the prediction becomes exactly the measured one: through the efficiencies, and where
+    the device profile carries the engine's measured kernel rates, through `rate_scale`."""
     try:
         measured_s = 1.0 / float(result["decode_tok_s"]["median"])
         context = measured_context(result, req.spec)
@@ -527,7 +541,8 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
         raise UsageError(f"{where}: not an `edgeoss profile --json` result ({e!r} missing or invalid)") from None
     if result.get("engine") != req.engine:
         raise UsageError(f"{where}: measured the {result.get('engine')!r} engine; the plan is for {req.engine!r}")
-    at = req.replace(context=context, calibration=Calibration())
+    at = req.replace(context=context, calibration=Calibration(),
+                     decode_positions=int(result["prompt_tokens"]) + int(result["gen_tokens"]))
     w = weight_bytes(at.spec, at.dense_type, at.engine)
     misses = read_per_token / w.expert
     base = at.calibration
@@ -535,12 +550,15 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     if read_per_token > 0 and transfer_s > 0:
         efficiency = read_per_token / (transfer_s * at.device.flash_seq_read_mb_s * 1e6)
         base = dataclasses.replace(base, flash_efficiency=min(1.0, efficiency))
-    p = predict(at.spec, w, _kv(at), at.device, _layout(at, fit(at), misses), 0, 1, base)
-    r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
     planned = fit(at)
+    layout = _layout(at, planned, misses)
+    p = predict(at.spec, w, _decode_kv(at), at.device, layout, 0, 1, base)
+    r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
     predicted_misses = _place_and_predict(at, planned)[1].misses_per_token if planned.fits else 0.0
+    rated = layout.rates is not None
     return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
                                compute_efficiency=min(1.0, base.compute_efficiency * r),
+                               rate_scale=base.rate_scale * r if rated else base.rate_scale,
                                miss_scale=misses / predicted_misses if predicted_misses > 0 and misses > 0 else 1.0)
 
 

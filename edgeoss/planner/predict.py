@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields
 from ..errors import UsageError
 from .kernels import LLAMA_CPP, KernelRate
 from .memory import KvCache, WeightBytes
-from .profiles import DeviceProfile
+from .profiles import DecodeRates, DeviceProfile
 from ..formats.spec import ModelSpec, sizes
 
 RANDOM_READ_BYTES = 4096
@@ -53,11 +53,14 @@ class Calibration:
     # measured misses per token / the plan's own figure for the same run (its placement and popularity model);
     # not an efficiency: any positive number
     miss_scale: float = 1.0
+    # the engine's measured kernel rates (DeviceProfile.decode_rates) / what it reached in a run on the device;
+    # any positive number
+    rate_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> "Calibration":
-        """From {memory_efficiency, flash_efficiency, compute_efficiency} (any of them; 0 < x <= 1) and
-        miss_scale (> 0)."""
+        """From {memory_efficiency, flash_efficiency, compute_efficiency} (any of them; 0 < x <= 1), miss_scale
+        and rate_scale (> 0)."""
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or not known & set(data):
             raise UsageError(f"{where}: expected a JSON object with any of {', '.join(sorted(known))} "
@@ -65,10 +68,10 @@ class Calibration:
         values = {}
         for key in known & set(data):
             value = data[key]
-            ceiling = float("inf") if key == "miss_scale" else 1
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= ceiling:
-                raise UsageError(f"{where}: {key} = {value!r}: expected a number in "
-                                 f"{'(0, inf)' if key == 'miss_scale' else '(0, 1]'}")
+            scale = key in ("miss_scale", "rate_scale")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= (
+                    float("inf") if scale else 1):
+                raise UsageError(f"{where}: {key} = {value!r}: expected a number in {'(0, inf)' if scale else '(0, 1]'}")
             values[key] = float(value)
         return cls(**values)
 
@@ -84,6 +87,7 @@ class Layout:
     reads_per_expert: int = 0  # contiguous reads of one missed expert (the engine's)
     expert_kernel: KernelRate = LLAMA_CPP  # the share of cpu_gflops the expert kernel reaches
     extra_dense_params: int = 0  # weights multiplied more than once a token (ONNX's attention digits: 3 extra)
+    rates: DecodeRates | None = None  # the engine's kernels, measured on the device (decode on the CPU)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,10 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
     gpu_flops = (dense_flops if layout.dense_on_gpu else 0) + expert_flops * gpu_share
     cpu_flops = (0 if layout.dense_on_gpu else dense_flops) + expert_flops * (1 - gpu_share)
     host_s = _tier_s(ram_bytes, cpu_flops, device.memory_bandwidth_gb_s, device.cpu_gflops, cal)
+    rated = layout.rates is not None and not gpu_bytes and not gpu_flops
+    if rated:
+        weights_s, attention_s = _rated_host_s(spec, weights, kv, layout.rates, per_token, cal)
+        host_s = weights_s + attention_s
     gpu_s = _tier_s(gpu_bytes, gpu_flops, device.gpu_memory_bandwidth_gb_s, device.gpu_gflops, cal) \
         if gpu_bytes or gpu_flops else 0.0
     flash_s = flash_read_s(misses * weights.expert, misses * layout.reads_per_expert, device, cal)
@@ -153,6 +161,8 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
         gpu_bytes / (device.gpu_memory_bandwidth_gb_s * 1e9 * cal.memory_efficiency) if gpu_bytes else 0.0)
     compute_s = cpu_flops / (device.cpu_gflops * 1e9 * cal.compute_efficiency) + (
         gpu_flops / (device.gpu_gflops * 1e9 * cal.compute_efficiency) if gpu_flops else 0.0)
+    if rated:
+        memory_s, compute_s = weights_s, attention_s
     # prefill
     ttft = 0.0
     miss_rate = misses / per_token
@@ -179,6 +189,18 @@ def predict(spec: ModelSpec, weights: WeightBytes, kv: KvCache, device: DevicePr
                       load_s=load_s, misses_per_token=misses, miss_bytes_per_token=misses * weights.expert,
                       hit_rate=hits / per_token, ram_bytes_per_token=ram_bytes, gpu_bytes_per_token=gpu_bytes,
                       memory_s_per_token=memory_s, compute_s_per_token=compute_s, flash_s_per_token=flash_s)
+
+
+def _rated_host_s(spec: ModelSpec, weights: WeightBytes, kv: KvCache, rates: DecodeRates, experts_per_token: int,
+                  cal: Calibration) -> tuple[float, float]:
+    """(weights, attention) seconds of one decoded token on the CPU at the engine's measured kernel rates: the dense
+    weights and every routed expert (resident or just read) through their matvecs, and attention at its measured
+    rate, or, where that was not measured, the KV cache read at the dense rate."""
+    weights_s = (weights.dense_per_token / (rates.dense_gb_s * 1e9)
+                 + experts_per_token * weights.expert / (rates.expert_gb_s * 1e9))
+    attention_s = (_attention_flops(spec, kv.full_cells, kv.sliding_cells) / (rates.attention_gflops * 1e9)
+                   if rates.attention_gflops else kv.total_bytes / (rates.dense_gb_s * 1e9))
+    return weights_s / cal.rate_scale, attention_s / cal.rate_scale
 
 
 def dense_params_per_token(spec: ModelSpec) -> int:

@@ -56,14 +56,43 @@ class DeviceProfile:
     gpu_gflops: float = 0.0
     npu_tops: float = 0.0
     npu_memory_bytes: int = 0
+    # decode rates of the engines' own kernels at gpt-oss shapes, timed by `edgeoss profiles measure` on the machine
+    # itself (0: not measured; predictions then use the roofline of memory_bandwidth_gb_s and cpu_gflops)
+    reference_expert_gb_s: float = 0.0  # MXFP4 expert matvec, GB/s of MXFP4 weights
+    reference_dense_gb_s: float = 0.0  # bf16 matvec, GB/s of bf16 weights
+    reference_attention_gflops: float = 0.0  # one decode query over 4,096 float32 positions
+    llamacpp_expert_gb_s: float = 0.0  # ggml mul_mat of MXFP4 weights and one column, no repack
+    llamacpp_dense_gb_s: float = 0.0  # ggml mul_mat of bf16 weights and one column
 
     @property
     def has_gpu(self) -> bool:
         return self.gpu_memory_bytes > 0
 
+    def decode_rates(self, engine: str) -> "DecodeRates | None":
+        """The measured decode rates of `engine`'s kernels on this device, or None where they were not measured."""
+        if engine == "reference" and self.reference_expert_gb_s and self.reference_dense_gb_s:
+            return DecodeRates(self.reference_expert_gb_s, self.reference_dense_gb_s,
+                               self.reference_attention_gflops or None)
+        if engine in ("llamacpp", "llamacpp-stream") and self.llamacpp_expert_gb_s and self.llamacpp_dense_gb_s:
+            return DecodeRates(self.llamacpp_expert_gb_s, self.llamacpp_dense_gb_s, None)
+        return None
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+@dataclass(frozen=True)
+class DecodeRates:
+    """How fast one engine's decode kernels run on a device, measured: weights streamed through the expert and the
+    dense matvec, and attention (None: attention is counted as reading the KV cache at the dense rate)."""
+
+    expert_gb_s: float
+    dense_gb_s: float
+    attention_gflops: float | None
+
+
+RATE_KEYS = ("reference_expert_gb_s", "reference_dense_gb_s", "reference_attention_gflops", "llamacpp_expert_gb_s",
+             "llamacpp_dense_gb_s")
 
 # TOML key -> (field, kind); kinds: str, int, float, bool, size, file_limit
 _KEYS = {
@@ -78,7 +107,7 @@ _KEYS = {
     "gpu_memory": ("gpu_memory_bytes", "size"), "gpu_unified": ("gpu_unified", "bool"),
     "gpu_memory_bandwidth_gb_s": ("gpu_memory_bandwidth_gb_s", "float"), "gpu_gflops": ("gpu_gflops", "float"),
     "npu_tops": ("npu_tops", "float"), "npu_memory": ("npu_memory_bytes", "size"),
-}
+} | {key: (key, "float") for key in RATE_KEYS}
 _REQUIRED = ("name", "description", "platform", "cpu_arch", "cpu_isa", "ram", "app_budget", "memory_bandwidth_gb_s",
              "flash_seq_read_mb_s", "flash_random_read_mb_s", "cpu_threads", "cpu_gflops", "max_file")
 _GPU_KEYS = ("gpu_memory", "gpu_unified", "gpu_memory_bandwidth_gb_s", "gpu_gflops")
@@ -209,7 +238,7 @@ def profile_toml(profile: DeviceProfile, comments: dict[str, str] | None = None,
         value = fields[field]
         if key in _GPU_KEYS and not profile.has_gpu:
             continue
-        if key.startswith("npu_") and not value:
+        if (key.startswith("npu_") or key in RATE_KEYS) and not value:
             continue
         if key in comments:
             lines.append(f"# {comments[key]}")

@@ -1,13 +1,16 @@
 """Measure the machine edgeoss runs on and describe it as a device profile (`edgeoss profiles measure`).
 
 - RAM and the app budget: psutil; the budget is 90 % of the memory available right now.
-- Memory bandwidth: a parallel sum over a 256 MiB array (numba, all threads), best of three.
+- Memory bandwidth: a parallel sum over a 256 MiB array (numba, all threads), repeated until stable.
 - Flash: a temporary file in the chosen folder, written and synced, then dropped from the page cache
   (posix_fadvise DONTNEED) and read back sequentially in 4 MiB blocks and randomly in 4 KiB blocks, both
   with O_DIRECT where the file system allows it.
 - CPU throughput: the reference runtime's MXFP4 matmul kernel (edgeoss.runtimes.kernels) on gpt-oss-sized
   expert matrices: one token (a decode matvec, reported as GB/s of MXFP4 weights) and a batch of 64 tokens
   (reported as GFLOP/s, the profile's cpu_gflops).
+- Decode rates of each engine's own kernels at gpt-oss-20b's shapes, which plans for this machine use instead of
+  the roofline: the reference runtime's MXFP4 and bf16 matvecs and attention, and llama.cpp's (ggml's CPU
+  mul_mat, MXFP4 and bf16, as the expert store runs them), each repeated until stable, with its spread.
 - Vector ISA: arm64, or avx512 when /proc/cpuinfo lists AVX-512 F, DQ, BW and VL, else avx2.
 - Largest file: 4 GiB - 1 on FAT file systems, otherwise unlimited.
 GPUs are not measured; add the gpu_* keys by hand (profiles/README.md).
@@ -72,7 +75,6 @@ def stable(measure_once, tolerance: float = 0.05, least: int = 3, most: int = 10
 class Measured:
     profile: DeviceProfile
     comments: dict[str, str]  # profile key -> how it was measured
-    matvec_gb_s: float
     spreads: dict[str, float]  # profile key -> its repeats' spread (0.05: +/-5 %)
 
 
@@ -179,6 +181,71 @@ def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, bat
     return stable(matvec), stable(batched)
 
 
+# gpt-oss-20b's decode shapes: an expert's gate_up [5760, 2880]; the attention projections q+k+v [5120, 2880]
+HIDDEN, EXPERT_ROWS, QKV_ROWS, HEADS, KV_HEADS, HEAD_DIM = 2880, 5760, 5120, 64, 8, 64
+RATE_CONTEXT = 4096  # positions one decode query attends over when attention is timed
+
+
+def reference_rates(quick: bool = False) -> dict[str, Stable]:
+    """The reference runtime's dense decode kernels at gpt-oss shapes (edgeoss.runtimes.kernels), repeated until
+    stable: the bf16 matvec (GB/s of bf16 weights) over more matrices than any cache holds, and attention of one
+    query over RATE_CONTEXT float32 positions (GFLOP/s). Its expert matvec is `mxfp4_throughput`'s."""
+    from edgeoss.runtimes import kernels
+
+    kernels.warm_up()
+    rng = np.random.default_rng(0)
+    matrices = 2 if quick else 16
+    dense = rng.integers(0, 0x3F80, (matrices, QKV_ROWS, HIDDEN), dtype=np.uint16)  # bf16 bits of values < 1
+    x = rng.standard_normal((1, HIDDEN)).astype(np.float32)
+
+    def dense_gb_s() -> float:
+        start = time.perf_counter()
+        for m in range(matrices):
+            kernels.bf16_matmul(x, dense[m])
+        return dense.nbytes / (time.perf_counter() - start) / 1e9
+
+    positions = 512 if quick else RATE_CONTEXT
+    keys = rng.standard_normal((positions, KV_HEADS, HEAD_DIM)).astype(np.float32)
+    values = rng.standard_normal((positions, KV_HEADS, HEAD_DIM)).astype(np.float32)
+    q = rng.standard_normal((1, HEADS, HEAD_DIM)).astype(np.float32)
+    k_pos, q_pos, sinks = np.arange(positions), np.array([positions - 1]), np.zeros(HEADS, dtype=np.float32)
+
+    def attention_gflops() -> float:
+        start = time.perf_counter()
+        for _ in range(4):
+            kernels.attention(q, keys, values, q_pos, k_pos, sinks, None)
+        return 4 * 4 * HEADS * HEAD_DIM * positions / (time.perf_counter() - start) / 1e9
+
+    return {"reference_dense_gb_s": stable(dense_gb_s),
+            "reference_attention_gflops": stable(attention_gflops)}
+
+
+def llamacpp_rates(quick: bool = False) -> dict[str, Stable]:
+    """llama.cpp's own CPU kernels (ggml mul_mat, no repack, all threads) at gpt-oss shapes, repeated until stable:
+    MXFP4 experts and bf16 dense weights with one activation column, GB/s of weights. Empty where llama-cpp-python
+    is not installed."""
+    try:
+        from edgeoss.runtimes.ggml_compute import matvec_seconds
+    except ImportError:
+        return {}
+    threads, matrices = os.cpu_count() or 1, 2 if quick else 8
+
+    def rate(kind: str, rows: int, bytes_per_value: float) -> Stable:
+        nbytes = matrices * rows * HIDDEN * bytes_per_value
+        return stable(lambda: nbytes / matvec_seconds(kind, rows, HIDDEN, threads, matrices, repeats=1) / 1e9)
+
+    return {"llamacpp_expert_gb_s": rate("mxfp4", EXPERT_ROWS, 17 / 32), "llamacpp_dense_gb_s": rate("bf16", QKV_ROWS, 2)}
+
+
+RATE_SOURCES = {
+    "reference_expert_gb_s": "reference runtime MXFP4 matvec, 8 experts' gate_up [5760, 2880]",
+    "reference_dense_gb_s": "reference runtime bf16 matvec, 16 matrices [5120, 2880]",
+    "reference_attention_gflops": f"reference runtime attention, one query of 64 heads over {RATE_CONTEXT} positions",
+    "llamacpp_expert_gb_s": "llama.cpp's ggml mul_mat (CPU backend, no repack), MXFP4 [5760, 2880] x 8, one column",
+    "llamacpp_dense_gb_s": "llama.cpp's ggml mul_mat (CPU backend), bf16 [5120, 2880] x 8, one column",
+}
+
+
 def this_platform() -> str:
     if "ANDROID_ROOT" in os.environ or hasattr(sys, "getandroidapilevel"):
         return "android"
@@ -226,6 +293,7 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
     bandwidth = memory_bandwidth_gb_s(32 * MIB if quick else 256 * MIB)
     seq, rnd, direct = flash_read_mb_s(folder, disk_bytes, 0.2 if quick else 1.0)
     matvec, gflops = mxfp4_throughput(experts=2 if quick else 8, batch=8 if quick else 64)
+    rates = {"reference_expert_gb_s": matvec} | reference_rates(quick) | llamacpp_rates(quick)
     limit = max_file_bytes(folder)
     isa, isa_how = this_cpu_isa()
     how = "O_DIRECT" if direct else "after posix_fadvise(DONTNEED)"
@@ -236,7 +304,7 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
         ram_bytes=vm.total, app_budget_bytes=min(vm.total, int(0.9 * vm.available)),
         memory_bandwidth_gb_s=round(bandwidth.median, 1), flash_seq_read_mb_s=round(seq),
         flash_random_read_mb_s=round(rnd, 1), cpu_threads=os.cpu_count() or 1, cpu_gflops=round(gflops.median, 1),
-        max_file_bytes=limit)
+        max_file_bytes=limit, **{key: round(rate.median, 2) for key, rate in rates.items()})
     comments = {
         "cpu_isa": isa_how,
         "ram": "measured: psutil.virtual_memory().total",
@@ -247,9 +315,9 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
         "flash_seq_read_mb_s": f"measured: {disk_bytes // MIB} MiB temporary file in {folder}, 4 MiB reads, {how}",
         "flash_random_read_mb_s": f"measured: 4 KiB reads at random offsets of the same file, {how}",
         "cpu_threads": "measured: os.cpu_count()",
-        "cpu_gflops": f"measured: reference runtime MXFP4 kernel, batched matmul, {gflops.note()} (decode matvec: "
-                      f"{matvec.median:.2f} GB/s of MXFP4 weights, {matvec.note()})",
+        "cpu_gflops": f"measured: reference runtime MXFP4 kernel, batched matmul, {gflops.note()}",
         "max_file": "measured: file system type of the measured folder (FAT: 4 GiB - 1)",
-    }
-    spreads = {"memory_bandwidth_gb_s": bandwidth.spread, "cpu_gflops": gflops.spread}
-    return Measured(profile, comments, matvec.median, spreads)
+    } | {key: f"measured: {RATE_SOURCES[key]} at gpt-oss-20b's shapes, {rate.note()}" for key, rate in rates.items()}
+    spreads = {"memory_bandwidth_gb_s": bandwidth.spread, "cpu_gflops": gflops.spread} | {
+        key: rate.spread for key, rate in rates.items()}
+    return Measured(profile, comments, spreads)
