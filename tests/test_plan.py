@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from edgeoss.errors import UsageError
 from edgeoss.planner.memory import kv_cache, weight_bytes
 from edgeoss.planner.plan import PlanRequest, fit, load_calibration, make_plan, read_plan, write_plan
-from edgeoss.planner.predict import Calibration, Layout, predict
+from edgeoss.planner.predict import Calibration, Layout, predict, uniform_misses_per_token
 from edgeoss.planner.profiles import DeviceProfile, load_profile
 from edgeoss.formats.routing_trace import write_trace
 from edgeoss.formats.spec import kv_cache_bytes, preset, sizes
@@ -251,10 +251,21 @@ def test_calibration_from_a_measured_profile_reproduces_it(tmp_path, cli):
                 "engine_stats": {"decode_bytes_read_per_token": 20 * 13_236_480}}
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(measured))
+    assert load_calibration(path, request).miss_scale == 1.0  # the run does not say what it held: not scaled
+    # a run that held 310 experts, 300 pinned (whatever budget): its misses against the plan's for that residency
+    measured["engine_stats"]["experts"] = {"pinned_experts": 300, "budget_bytes": 310 * 13_236_480}
+    path.write_text(json.dumps(measured))
+    assert load_calibration(path, request).miss_scale == \
+        pytest.approx(20.0 / uniform_misses_per_token(preset("20b"), 300))
+    # below, the run held what this plan holds (its budget's 539 slots, one of them a cache slot)
+    experts = make_plan(request)["experts"]
+    measured["engine_stats"]["experts"] = {"pinned_experts": experts["resident_slots"] - experts["cache_slots"],
+                                           "resident_experts": experts["resident_slots"]}
+    path.write_text(json.dumps(measured))
     calibration = load_calibration(path, request)
     assert calibration.memory_efficiency < Calibration().memory_efficiency  # slower than the roofline
     planned_misses = make_plan(request.replace(calibration=Calibration()))["prediction"]["misses_per_token"]
-    assert calibration.miss_scale == pytest.approx(20.0 / planned_misses)  # the run missed 20 experts a token
+    assert calibration.miss_scale == pytest.approx(20.0 / planned_misses)
     calibration = dataclasses.replace(calibration, miss_scale=1.0)  # the layouts below give the measured 20
     assert calibration.flash_efficiency == Calibration().flash_efficiency
     w = weight_bytes(preset("20b"), "bf16", "reference")

@@ -334,17 +334,22 @@ def _place_and_predict(req: PlanRequest, result: Fit) -> tuple[ExpertPlacement, 
     spec = req.spec
     w = weight_bytes(spec, req.dense_type, req.engine)
     placement = _placement(req, result.resident_slots)
-    if placement.slots == spec.num_hidden_layers * spec.num_local_experts:
-        misses = 0.0
-    elif req.trace is not None:
-        fixed = placement.cache_slots if engine_traits(req.engine).page_slots else None
-        misses = held_out_misses(req.trace, placement.slots, spec, fixed)
-    else:
-        misses = uniform_misses_per_token(spec, int(placement.pinned.sum()))
+    misses = _planned_misses(req, placement.slots, int(placement.pinned.sum()))
     resident = result.memory["dense_bytes"] + result.memory["resident_expert_bytes"]
     layout = _layout(req, result, misses, _prefill_chunk(req, placement))
     return placement, predict(spec, w, _decode_kv(req), req.device, layout, resident, req.prompt_tokens,
                               req.calibration)
+
+
+def _planned_misses(req: PlanRequest, slots: int, pinned: int) -> float:
+    """Misses per token the plan predicts with `slots` experts resident, `pinned` of them pinned (the rest a cache):
+    none when all fit, held out from the request's trace, else uniform."""
+    spec = req.spec
+    if slots >= spec.num_hidden_layers * spec.num_local_experts:
+        return 0.0
+    if req.trace is not None:
+        return held_out_misses(req.trace, slots, spec, slots - pinned if engine_traits(req.engine).page_slots else None)
+    return uniform_misses_per_token(spec, pinned)
 
 
 def _kv(req: PlanRequest):
@@ -522,8 +527,9 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     """Efficiencies that make the roofline reproduce a measured decode speed (`edgeoss profile --json` of the
     same engine on the device), at the context it ran with (`measured.measured_context`).
 
-    Misses: the measured misses per token over the plan's own figure for that run (its placement and popularity
-    model) become `miss_scale`, which scales the plan's misses wherever it predicts at this device.
+    Misses: the measured misses per token over the plan's own figure for that run's residency (its pinned and
+    resident experts, whatever budget it ran at; the placement's popularity model) become `miss_scale`, which
+    scales the plan's misses wherever it predicts at this device.
 
     Flash: when the engine timed its misses (the reference's `decode_miss_seconds_per_token`: reading, dropping
     the page cache, building the expert), the flash efficiency is set so that the predicted flash time of the
@@ -554,12 +560,25 @@ def calibration_from_profile(req: PlanRequest, result: dict, where: str = "profi
     layout = _layout(at, planned, misses)
     p = predict(at.spec, w, _decode_kv(at), at.device, layout, 0, 1, base)
     r = (p.decode_s_per_token - p.flash_s_per_token) / max(measured_s - p.flash_s_per_token, 1e-3 * measured_s)
-    predicted_misses = _place_and_predict(at, planned)[1].misses_per_token if planned.fits else 0.0
+    predicted_misses = _measured_run_misses(at, result, w.expert)
     rated = layout.rates is not None
     return dataclasses.replace(base, memory_efficiency=min(1.0, base.memory_efficiency * r),
                                compute_efficiency=min(1.0, base.compute_efficiency * r),
                                rate_scale=base.rate_scale * r if rated else base.rate_scale,
-                               miss_scale=misses / predicted_misses if predicted_misses > 0 and misses > 0 else 1.0)
+                               miss_scale=misses / predicted_misses if predicted_misses and misses > 0 else 1.0)
+
+
+def _measured_run_misses(req: PlanRequest, result: dict, expert_bytes: int) -> float | None:
+    """What the plan predicts for the measured run's own expert residency (its engine_stats.experts: pinned and
+    resident experts, or the budget in experts), or None where the run does not say (nothing to scale then)."""
+    experts = (result.get("engine_stats") or {}).get("experts") or {}
+    pinned = experts.get("pinned_experts")
+    resident = experts.get("resident_experts")
+    if not isinstance(resident, int) and isinstance(experts.get("budget_bytes"), int):
+        resident = experts["budget_bytes"] // expert_bytes
+    if not isinstance(pinned, int) or not isinstance(resident, int) or resident < pinned:
+        return None
+    return _planned_misses(req, resident, pinned)
 
 
 def load_calibration(path: str | Path, req: PlanRequest) -> Calibration:
