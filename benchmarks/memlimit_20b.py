@@ -22,7 +22,7 @@ the limit wherever the file is larger; the run peak is what the engine holds whi
 llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, and this machine's cores; the
 plan's columns give its predicted fit, RAM, decode speed and flash bytes per token for the device
 (`--device this-machine` measures this machine first, so that predictions and measurements are comparable;
-`--calibrate-at B` first runs each streaming engine's plan at budget B and calibrates that engine's plans with it,
+`--calibrate-at B` first runs each streaming engine's plan at budget B and calibrates that engine's plans with it (`same`: each budget's plan with a run of its own),
 `edgeoss plan --calibrate`). A setting whose piece is missing
 (no GGUF, no llama-cpp-python, no edgeoss.planner.plan, no reference runtime) is skipped and named.
 
@@ -77,10 +77,11 @@ def plan_request(spec: Any, source: Path, device: Any, budget: int, engine: str,
                           prompt_tokens=args.prompt_tokens, decode_positions=args.prompt_tokens + args.gen_tokens,
                           trace=args.router_trace,
                           trace_source=str(args.trace_path or ""))
-    if engine in args.calibrate:
+    calibration = args.calibrate.get((engine, budget)) or args.calibrate.get(engine)
+    if calibration:
         from edgeoss.planner.plan import load_calibration
 
-        request = request.replace(calibration=load_calibration(args.calibrate[engine], request))
+        request = request.replace(calibration=load_calibration(calibration, request))
     return request
 
 
@@ -291,6 +292,28 @@ def gguf_path(args: argparse.Namespace) -> Path | None:
     return export_gguf(args.hf, target)[0]
 
 
+def calibrate(budget: int, gguf: Path | None, device: Any, args: argparse.Namespace, skipped: dict[str, str],
+              key) -> None:
+    """One run of each streaming engine's uncalibrated plan at `budget`; plans then calibrate with it
+    (args.calibrate[key(engine, budget)]: every budget's, or only this budget's)."""
+    spec = Checkpoint.open(args.hf).spec
+    for engine, wanted, artifact in (("reference", "reference", args.hf), ("llamacpp-stream", "stream", gguf)):
+        if wanted not in args.settings:
+            continue
+        plan_run = planned_runs(spec, artifact, device, budget, engine, args, skipped)
+        if not plan_run or not plan_run[0].runnable:
+            sys.exit(f"cannot calibrate {engine}: {skipped.get(LABELS[engine], 'its plan does not fit')}")
+        console.print(f"[dim]calibration: {plan_run[0].label} @ {human(budget)} ...[/dim]")
+        measured = one_run(plan_run[0], budget, args)
+        if measured["outcome"] != "ok":
+            sys.exit(f"the calibration run failed: {measured['outcome']}\n{measured.get('stderr_tail', '')}")
+        path = args.out / f"calibration-{engine}-{budget}.json"
+        path.write_text(json.dumps(measured["profile"], default=str))
+        args.calibrate[key(engine, budget)] = path
+        print(f"calibrated {engine} at {human(budget)}: {measured['decode_tok_s']:.2f} tok/s measured, "
+              f"{measured['planned']['decode_tok_s']:.2f} predicted before ({path})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("hf", type=Path, help="checkpoint folder (HF layout)")
@@ -308,7 +331,8 @@ def main() -> None:
                          "with edgeoss's expert store + plan), reference (reference runtime + plan)")
     ap.add_argument("--warmup", action="store_true", help="a short prefill and two steps before the measured runs")
     ap.add_argument("--calibrate-at", help="first profile each streaming engine with its uncalibrated plan at this "
-                    "budget (e.g. 8GiB) and calibrate that engine's plans with the measurement")
+                    "budget (e.g. 8GiB) and calibrate that engine's plans with the measurement; 'same': before each "
+                    "budget, a run of that budget's own plan calibrates it (one run on the device, as a user would)")
     ap.add_argument("--trace-tokens", type=int, default=0, help="first record the router on another random "
                     "prompt for this many decoded tokens and plan from that trace (default: uniform plans)")
     ap.add_argument("--out", type=Path, default=Path("memlimit-results"))
@@ -347,24 +371,11 @@ def main() -> None:
           f"{device.name if device else 'none'} (app budget {human(device.app_budget_bytes) if device else '-'})")
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    if args.calibrate_at:
-        budget = parse_size(args.calibrate_at)
-        spec = Checkpoint.open(args.hf).spec
-        for engine, wanted, artifact in (("reference", "reference", args.hf), ("llamacpp-stream", "stream", gguf)):
-            if wanted not in args.settings:
-                continue
-            plan_run = planned_runs(spec, artifact, device, budget, engine, args, skipped)
-            if not plan_run or not plan_run[0].runnable:
-                sys.exit(f"cannot calibrate {engine}: {skipped.get(LABELS[engine], 'its plan does not fit')}")
-            console.print(f"[dim]calibration: {plan_run[0].label} @ {human(budget)} ...[/dim]")
-            measured = one_run(plan_run[0], budget, args)
-            if measured["outcome"] != "ok":
-                sys.exit(f"the calibration run failed: {measured['outcome']}\n{measured.get('stderr_tail', '')}")
-            args.calibrate[engine] = args.out / f"calibration-{engine}.json"
-            args.calibrate[engine].write_text(json.dumps(measured["profile"], default=str))
-            print(f"calibrated {engine} at {human(budget)}: {measured['decode_tok_s']:.2f} tok/s measured, "
-                  f"{measured['planned']['decode_tok_s']:.2f} predicted before ({args.calibrate[engine]})")
+    if args.calibrate_at and args.calibrate_at != "same":
+        calibrate(parse_size(args.calibrate_at), gguf, device, args, skipped, key=lambda engine, budget: engine)
     for budget in sorted(budgets):
+        if args.calibrate_at == "same":
+            calibrate(budget, gguf, device, args, skipped, key=lambda engine, budget: (engine, budget))
         for setting in settings(args.hf, gguf, device, budget, args, skipped):
             console.print(f"[dim]{setting.label} @ {human(budget)} ...[/dim]")
             rows.append(one_run(setting, budget, args))

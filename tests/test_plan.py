@@ -561,3 +561,32 @@ def test_a_measured_profile_predicts_decode_from_the_engines_own_kernel_rates(tm
     assert calibration.rate_scale == pytest.approx(0.5, rel=1e-3)
     calibrated = make_plan(request.replace(calibration=calibration))["prediction"]
     assert calibrated["memory_s_per_token"] == pytest.approx(2 * weights_s, rel=1e-3)
+
+
+def test_a_rated_profile_puts_a_slow_run_with_misses_down_to_the_misses(tmp_path):
+    """Where the kernel rates were measured, a calibration run that missed experts and ran slower than predicted
+    fits a cost per miss (miss_overhead_s), not slower kernels: the calibrated plan reproduces the run, and a plan
+    with every expert resident keeps the rates."""
+    spec = preset("20b")
+    rated = dataclasses.replace(load_profile("pixel-9-pro"), reference_expert_gb_s=10.0, reference_dense_gb_s=20.0,
+                                reference_attention_gflops=5.0)
+    request = PlanRequest(spec, rated, 4096, decode_positions=4096)
+    plan = make_plan(request)
+    predicted, experts = plan["prediction"], plan["experts"]
+    measured = {"engine": "reference", "prompt_tokens": 4000, "gen_tokens": 96,
+                "decode_tok_s": {"median": 0.8 * predicted["decode_tok_s"]}, "disk_read_bytes_per_decode_token": 0.0,
+                "engine_stats": {"decode_bytes_read_per_token": predicted["miss_bytes_per_token"],
+                                 "experts": {"pinned_experts": experts["resident_slots"] - experts["cache_slots"],
+                                             "resident_experts": experts["resident_slots"]}}}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(measured))
+    calibration = load_calibration(path, request)
+    assert calibration.rate_scale == 1.0 and calibration.miss_scale == pytest.approx(1.0)
+    extra = 1 / measured["decode_tok_s"]["median"] - predicted["decode_s_per_token"]
+    assert calibration.miss_overhead_s == pytest.approx(extra / predicted["misses_per_token"], rel=1e-3)
+    again = make_plan(request.replace(calibration=calibration))["prediction"]
+    assert again["decode_tok_s"] == pytest.approx(measured["decode_tok_s"]["median"], rel=1e-3)
+    resident = make_plan(request.replace(calibration=calibration, device=dataclasses.replace(
+        rated, ram_bytes=64 << 30, app_budget_bytes=48 << 30)))["prediction"]
+    assert resident["misses_per_token"] == 0 and resident["memory_s_per_token"] == pytest.approx(
+        predicted["memory_s_per_token"])
