@@ -22,11 +22,13 @@ the limit wherever the file is larger; the run peak is what the engine holds whi
 llama.cpp runs use an f16 KV cache (llama.cpp's default) and n_ctx = --context, and this machine's cores; the
 plan's columns give its predicted fit, RAM, decode speed and flash bytes per token for the device
 (`--device this-machine` measures this machine first, so that predictions and measurements are comparable;
-`--calibrate-at B` first runs each streaming engine's plan at budget B and calibrates that engine's plans with it (`same`: each budget's plan with a run of its own),
-`edgeoss plan --calibrate`). A setting whose piece is missing
-(no GGUF, no llama-cpp-python, no edgeoss.planner.plan, no reference runtime) is skipped and named.
+`--calibrate-at B` first runs each streaming engine's plan at budget B and calibrates that engine's plans with it,
+`edgeoss plan --calibrate`; `--calibrate-at same`: each budget's plan with a run of its own). A setting whose
+piece is missing (no GGUF, no llama-cpp-python, no edgeoss.planner.plan, no reference runtime) is skipped and
+named.
 
-Prints a table, writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
+Prints a table, the prediction error of each planned run (decode tok/s uncalibrated and calibrated, peak
+against the plan's RAM), writes RESULTS.json and a PNG of decode tok/s against the budget (one line per setting;
 a killed run is drawn at 0). Needs root and a cgroup memory controller (exit 2 with the reason otherwise).
 """
 
@@ -352,7 +354,11 @@ def main() -> None:
             if args.device == "this-machine":  # measured now: the plans predict for the machine that runs
                 from edgeoss.validate.device_measure import measure
 
-                device = measure("this-machine", args.out, 256 << 20).profile
+                measured = measure("this-machine", args.out, 256 << 20)
+                device = measured.profile
+                from edgeoss.planner.profiles import profile_toml
+
+                (args.out / "this-machine.toml").write_text(profile_toml(device, measured.comments))
             else:
                 device = load_profile(args.device)
                 budgets.add(device.app_budget_bytes)

@@ -550,6 +550,7 @@ def test_a_measured_profile_predicts_decode_from_the_engines_own_kernel_rates(tm
     stream = make_plan(PlanRequest(spec, rated, 4096, engine="llamacpp-stream"))["prediction"]
     assert stream["memory_s_per_token"] == pytest.approx(ws.dense_per_token / 25e9 + 96 * ws.expert / 12e9)
     assert stream["compute_s_per_token"] == pytest.approx(kvs.total_bytes / 25e9)
+    assert (p["uncertainty"]["fraction"], unrated["uncertainty"]["fraction"]) == (0.25, 0.5)  # stated, measured
     # a run that went at half the rates' speed (no misses, the cache filled to the context): calibration halves them
     measured = {"engine": "reference", "prompt_tokens": 4000, "gen_tokens": 96,
                 "decode_tok_s": {"median": 0.5 / (weights_s + attention_s)}, "disk_read_bytes_per_decode_token": 0.0,

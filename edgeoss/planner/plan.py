@@ -13,7 +13,8 @@ none removed or renamed without a new version):
                     expert_slot_bytes (what one resident expert occupies: llama.cpp's store rounds its slices
                     to pages), dense_type, kv_type, weight_bytes (all weights in the engine's format)
     device          name, description, platform, cpu_arch, cpu_isa, ram_bytes, app_budget_bytes, gpu_memory_bytes,
-                    gpu_unified, memory_bandwidth_gb_s, flash_seq_read_mb_s, max_file_bytes (null: no limit)
+                    gpu_unified, memory_bandwidth_gb_s, flash_seq_read_mb_s, max_file_bytes (null: no limit), and the
+                    measured kernel rates where the profile has them (reference_expert_gb_s, ...)
     engine          the engine the fit and the prediction are for: "reference" (streams experts from
                     flash), "llamacpp" (every expert resident, per-layer CPU/GPU split) or "llamacpp-stream"
                     (llama.cpp with edgeoss's expert store: streams experts from flash)
@@ -80,7 +81,7 @@ from .kernels import SLOW_FRACTION, expert_kernel
 from .measured import measured_context
 from .placement import ExpertPlacement, cpu_moe_layers, hot_order, most_popular, place_experts
 from .predict import Calibration, Layout, Prediction, predict, read_latency_s, uniform_misses_per_token
-from .profiles import CPU_ISAS, DeviceProfile
+from .profiles import CPU_ISAS, RATE_KEYS, DeviceProfile
 from ..formats.routing_trace import Trace
 from ..formats.spec import ModelSpec
 from .traces import split_trace
@@ -418,7 +419,8 @@ def _device_section(d: DeviceProfile) -> dict:
             "cpu_isa": d.cpu_isa,
             "ram_bytes": d.ram_bytes, "app_budget_bytes": d.app_budget_bytes, "gpu_memory_bytes": d.gpu_memory_bytes,
             "gpu_unified": d.gpu_unified, "memory_bandwidth_gb_s": d.memory_bandwidth_gb_s,
-            "flash_seq_read_mb_s": d.flash_seq_read_mb_s, "max_file_bytes": d.max_file_bytes}
+            "flash_seq_read_mb_s": d.flash_seq_read_mb_s, "max_file_bytes": d.max_file_bytes} | {
+        key: getattr(d, key) for key in RATE_KEYS if getattr(d, key)}
 
 
 def _per_layer(values: np.ndarray) -> dict[str, list]:
@@ -505,11 +507,15 @@ def llamacpp_stream_settings(req: PlanRequest, placement: ExpertPlacement) -> di
 
 # ---- calibration -----------------------------------------------------------------------------------------
 # How far decode and TTFT predictions have been found from measurements (stated, with where it was measured):
-# - uncalibrated, published or `profiles measure` figures: 1.3-2.1x optimistic on this project's 2-core x86 VM
-#   (issue 22: the reference runtime at 10 GiB predicted 2.94 tok/s against 1.42 measured, and 1.99-2.54
-#   against 1.52-1.54 with fresh measured profiles), so +/-50 %;
+# - a published profile (the roofline of its bandwidth and GFLOP/s figures, no kernel rates): 1.3-2.1x optimistic
+#   on this project's 2-core x86 VM with roofline figures measured there (issue 22: the reference at 10 GiB
+#   predicted 2.94 tok/s against 1.42 measured), so +/-50 %;
+# - a profile with the engine's measured kernel rates (`profiles measure`): within 4-15 % at 6, 10 and 12 GiB for
+#   the reference and the llama.cpp expert store (benchmarks/README.md, prediction error), so +/-25 %: the VM's own
+#   speed moves 15-35 % between sweeps an hour apart;
 # - calibrated with one run on the device: within 6 % at 4-10 GiB, 15 % at 12 GiB (issue 10), so +/-15 %.
 UNCALIBRATED_UNCERTAINTY = 0.5
+MEASURED_RATES_UNCERTAINTY = 0.25
 CALIBRATED_UNCERTAINTY = 0.15
 
 
@@ -518,6 +524,10 @@ def speed_uncertainty(req: PlanRequest) -> dict:
     if req.calibration != Calibration():
         return {"fraction": CALIBRATED_UNCERTAINTY,
                 "why": "calibrated with a run on the device (issue 10: within 6-15 % at 4-12 GiB)"}
+    if req.device.decode_rates(req.engine) is not None:
+        return {"fraction": MEASURED_RATES_UNCERTAINTY,
+                "why": f"{req.engine}'s kernel rates measured on {req.device.name} (issue 22: within 4-15 % at "
+                       "6-12 GiB); `--calibrate` with one run on the device narrows it"}
     return {"fraction": UNCALIBRATED_UNCERTAINTY,
             "why": f"uncalibrated {req.device.name} figures (issue 22: 1.3-2.1x optimistic on a measured host); "
                    "`--calibrate` with one run on the device narrows it"}
