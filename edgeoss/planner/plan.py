@@ -590,12 +590,14 @@ MISSES_FOR_OVERHEAD = 1.0  # a run with at least this many misses per token fits
 
 def _measured_run_misses(req: PlanRequest, result: dict, expert_bytes: int) -> float | None:
     """What the plan predicts for the measured run's own expert residency (its engine_stats.experts: pinned and
-    resident experts, or the budget in experts), or None where the run does not say (nothing to scale then)."""
+    resident experts, pinned and slots, or the budget in experts), or None where the run does not say (nothing to
+    scale then)."""
     experts = (result.get("engine_stats") or {}).get("experts") or {}
-    pinned = experts.get("pinned_experts")
-    resident = experts.get("resident_experts")
+    pinned, resident, slots = experts.get("pinned_experts"), experts.get("resident_experts"), experts.get("slots")
+    if not isinstance(resident, int) and isinstance(pinned, int) and isinstance(slots, int):
+        resident = pinned + slots  # the expert stores (Python and the app's C++): pinned, and a pool of slots
     if not isinstance(resident, int) and isinstance(experts.get("budget_bytes"), int):
-        resident = experts["budget_bytes"] // expert_bytes
+        resident = experts["budget_bytes"] // expert_bytes  # the reference: its budget in experts
     if not isinstance(pinned, int) or not isinstance(resident, int) or resident < pinned:
         return None
     return _planned_misses(req, resident, pinned)
