@@ -159,6 +159,18 @@ def test_ggml_computes_the_products_it_times():
     assert 0 < matvec_seconds("mxfp4", 64, 2880, threads=1, matrices=2) < 1
 
 
+def test_kernel_rates_are_the_median_of_fresh_processes():
+    """Kernel rates move more between processes than between repeats: each fresh process measures until stable, and
+    the rate is the median of theirs, with the spread of all their repeats."""
+    from edgeoss.validate.device_measure import kernel_rates
+
+    rates = kernel_rates(quick=True, processes=2)
+    assert {"reference_expert_gb_s", "reference_dense_gb_s", "reference_attention_gflops", "llamacpp_expert_gb_s",
+            "llamacpp_dense_gb_s"} == set(rates)
+    for rate in rates.values():
+        assert 0 < rate.low <= rate.median <= rate.high and rate.repeats >= 2 * 3
+
+
 def test_measured_figures_repeat_until_stable_and_keep_their_spread():
     from edgeoss.validate.device_measure import stable
 
