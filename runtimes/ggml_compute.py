@@ -11,6 +11,7 @@ expert store's layout), and times `ggml_graph_compute_with_ctx`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import time
@@ -110,11 +111,11 @@ def mul_mat_f32(weight: np.ndarray, x: np.ndarray, threads: int = 1) -> np.ndarr
         return g.data(out).view(np.float32).reshape(len(x), rows).copy()
 
 
-def matvec_seconds(kind: str, rows: int, cols: int, threads: int, matrices: int = 1, tokens: int = 1,
-                   repeats: int = 3) -> float:
-    """Seconds for ggml to multiply `matrices` different [rows, cols] weight matrices of `kind` with `tokens`
-    activation columns each (the best of `repeats` computes of one graph holding all of them, after one that
-    warms the thread pool)."""
+@contextlib.contextmanager
+def matvec_graph(kind: str, rows: int, cols: int, threads: int, matrices: int = 1, tokens: int = 1):
+    """A graph multiplying `matrices` different [rows, cols] weight matrices of `kind` (random ordinary values) with
+    `tokens` activation columns each, built once and computed once to warm the thread pool; yields a function that
+    computes it again and returns the seconds it took."""
     weight_bytes = matrices * rows * cols // BLOCK * TYPES[kind][1]
     with _Context(weight_bytes + 4 * cols * tokens + matrices * 4 * rows * tokens) as g:
         rng = np.random.default_rng(0)
@@ -125,4 +126,11 @@ def matvec_seconds(kind: str, rows: int, cols: int, threads: int, matrices: int 
             _fill(g.data(w), kind, rng)
             g.mul_mat(w, x)
         g.compute(threads)
-        return min(g.compute(threads) for _ in range(repeats))
+        yield lambda: g.compute(threads)
+
+
+def matvec_seconds(kind: str, rows: int, cols: int, threads: int, matrices: int = 1, tokens: int = 1,
+                   repeats: int = 3) -> float:
+    """The best of `repeats` computes of `matvec_graph`'s graph, in seconds."""
+    with matvec_graph(kind, rows, cols, threads, matrices, tokens) as compute:
+        return min(compute() for _ in range(repeats))

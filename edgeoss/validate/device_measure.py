@@ -154,32 +154,45 @@ def flash_read_mb_s(folder: Path, nbytes: int, random_seconds: float = 1.0) -> t
     return seq, min(rnd, seq), direct
 
 
-def mxfp4_throughput(hidden: int = 2880, rows: int = 5760, experts: int = 8, batch: int = 64) \
-        -> tuple[Stable, Stable]:
-    """(decode matvec GB/s of MXFP4 weights, batched GFLOP/s) with the reference runtime's kernel on gpt-oss-20b's
-    expert shapes, each repeated until stable."""
+def _mxfp4_experts(experts: int, rows: int = 5760, hidden: int = 2880):
+    """Random MXFP4 experts of gpt-oss-20b's gate_up shape (blocks, scales), and the reference runtime's kernel,
+    compiled."""
     from edgeoss.runtimes.kernels import mxfp4_matmul
 
     rng = np.random.default_rng(0)
     groups = hidden // 32
     blocks = rng.integers(0, 256, (experts, rows, groups, 16), dtype=np.uint8)
     scales = rng.integers(118, 123, (experts, rows, groups), dtype=np.uint8)
-    x1 = rng.standard_normal((1, hidden)).astype(np.float32)
-    xb = rng.standard_normal((batch, hidden)).astype(np.float32)
-    mxfp4_matmul(x1, blocks[0], scales[0])  # compile
+    mxfp4_matmul(np.zeros((1, hidden), dtype=np.float32), blocks[0], scales[0])  # compile
+    return blocks, scales, mxfp4_matmul
 
-    def matvec() -> float:
+
+def mxfp4_matvec_gb_s(experts: int = 8) -> Stable:
+    """The reference runtime's decode matvec over `experts` MXFP4 experts, GB/s of MXFP4 weights, until stable."""
+    blocks, scales, mxfp4_matmul = _mxfp4_experts(experts)
+    x = np.random.default_rng(1).standard_normal((1, blocks.shape[2] * 32)).astype(np.float32)
+
+    def once() -> float:
         start = time.perf_counter()
         for e in range(experts):
-            mxfp4_matmul(x1, blocks[e], scales[e])
+            mxfp4_matmul(x, blocks[e], scales[e])
         return (blocks.nbytes + scales.nbytes) / (time.perf_counter() - start) / 1e9
 
-    def batched() -> float:
+    return stable(once)
+
+
+def mxfp4_batched_gflops(batch: int = 64) -> Stable:
+    """The reference runtime's MXFP4 kernel on a batch of tokens (one expert), GFLOP/s, until stable."""
+    blocks, scales, mxfp4_matmul = _mxfp4_experts(1)
+    rows, hidden = blocks.shape[1], blocks.shape[2] * 32
+    x = np.random.default_rng(1).standard_normal((batch, hidden)).astype(np.float32)
+
+    def once() -> float:
         start = time.perf_counter()
-        mxfp4_matmul(xb, blocks[0], scales[0])
+        mxfp4_matmul(x, blocks[0], scales[0])
         return 2 * rows * hidden * batch / (time.perf_counter() - start) / 1e9
 
-    return stable(matvec), stable(batched)
+    return stable(once)
 
 
 # gpt-oss-20b's decode shapes: an expert's gate_up [5760, 2880]; the attention projections q+k+v [5120, 2880]
@@ -190,7 +203,7 @@ RATE_CONTEXT = 4096  # positions one decode query attends over when attention is
 def reference_rates(quick: bool = False) -> dict[str, Stable]:
     """The reference runtime's dense decode kernels at gpt-oss shapes (edgeoss.runtimes.kernels), repeated until
     stable: the bf16 matvec (GB/s of bf16 weights) over more matrices than any cache holds, and attention of one
-    query over RATE_CONTEXT float32 positions (GFLOP/s). Its expert matvec is `mxfp4_throughput`'s."""
+    query over RATE_CONTEXT float32 positions (GFLOP/s). Its expert matvec is `mxfp4_matvec_gb_s`."""
     from edgeoss.runtimes import kernels
 
     kernels.warm_up()
@@ -226,14 +239,15 @@ def llamacpp_rates(quick: bool = False) -> dict[str, Stable]:
     MXFP4 experts and bf16 dense weights with one activation column, GB/s of weights. Empty where llama-cpp-python
     is not installed."""
     try:
-        from edgeoss.runtimes.ggml_compute import matvec_seconds
+        from edgeoss.runtimes.ggml_compute import matvec_graph
     except ImportError:
         return {}
     threads, matrices = os.cpu_count() or 1, 2 if quick else 8
 
     def rate(kind: str, rows: int, bytes_per_value: float) -> Stable:
         nbytes = matrices * rows * HIDDEN * bytes_per_value
-        return stable(lambda: nbytes / matvec_seconds(kind, rows, HIDDEN, threads, matrices, repeats=1) / 1e9)
+        with matvec_graph(kind, rows, HIDDEN, threads, matrices) as compute:  # built once, computed per repeat
+            return stable(lambda: nbytes / compute() / 1e9)
 
     return {"llamacpp_expert_gb_s": rate("mxfp4", EXPERT_ROWS, 17 / 32), "llamacpp_dense_gb_s": rate("bf16", QKV_ROWS, 2)}
 
@@ -251,8 +265,7 @@ RATE_PROCESSES = 3  # kernel rates move 20-40 % from one process to the next on 
 
 
 def _rates_of_one_process(quick: bool) -> dict[str, Stable]:
-    matvec, _ = mxfp4_throughput(experts=2 if quick else 8, batch=1)
-    return {"reference_expert_gb_s": matvec} | reference_rates(quick) | llamacpp_rates(quick)
+    return {"reference_expert_gb_s": mxfp4_matvec_gb_s(experts=2 if quick else 8)} | reference_rates(quick) | llamacpp_rates(quick)
 
 
 def kernel_rates(quick: bool = False, processes: int = RATE_PROCESSES) -> dict[str, Stable]:
@@ -315,7 +328,7 @@ def measure(name: str, folder: Path, disk_bytes: int = 256 * MIB, quick: bool = 
     vm = psutil.virtual_memory()
     bandwidth = memory_bandwidth_gb_s(32 * MIB if quick else 256 * MIB)
     seq, rnd, direct = flash_read_mb_s(folder, disk_bytes, 0.2 if quick else 1.0)
-    matvec, gflops = mxfp4_throughput(experts=2 if quick else 8, batch=8 if quick else 64)
+    gflops = mxfp4_batched_gflops(batch=8 if quick else 64)
     processes = 1 if quick else RATE_PROCESSES
     rates = kernel_rates(quick, processes)
     limit = max_file_bytes(folder)
